@@ -1,0 +1,9 @@
+"""Shared pytest configuration. Fixtures that start real peers live in ``tests/support``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Protocol vectors from independent producers, copied from the team's shared test data;
+#: ``ORIGIN.md`` in that folder names each source and licence.
+VECTORS = Path(__file__).resolve().parent / "vectors"
