@@ -73,7 +73,9 @@ class ScriptedServer:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def start(self) -> None:
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def stop(self) -> None:
         self._httpd.shutdown()
