@@ -1,0 +1,327 @@
+"""Envelopes: the encrypted list and its KMS-encrypted data key, as one JSON document.
+
+Two formats:
+
+* **v2, ours** (the default for new envelopes)::
+
+    {"format": "noflylist-envelope-v2", "key_id": "arn:aws:kms:…", "serial": 7,
+     "created": "2026-11-26T14:00:00Z", "entries": 15,
+     "encryption_context": {"app": "noflylist"},
+     "data_key_ciphertext": "<base64 KMS blob>",
+     "nonce": "<base64, 12 bytes>", "ciphertext": "<base64 AES-256-GCM>"}
+
+  The list is UTF-8, one name a line (names may contain commas), encrypted with
+  AES-256-GCM under the KMS data key. The associated data is the canonical JSON of every
+  field but ``nonce`` and ``ciphertext``, so nobody can change the serial, the entry count
+  or the key id without failing authentication. ``serial`` only grows: the service refuses
+  an envelope older than the one it serves (no rollback to an older list).
+
+* **fernet, the public demo's** (read for compatibility; ``seal --format fernet`` writes
+  it)::
+
+    {"data-key-ciphertext-base64": "<base64 KMS blob>",
+     "aes-ciphertext-base64": "<Fernet token>"}
+
+  The KMS data key, base64-encoded, is the Fernet key; the token holds the names
+  comma-separated. It has no serial, key id or entry count.
+
+Every malformed envelope gives one :class:`EnvelopeError` naming what is wrong, never a
+traceback, never any plaintext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.errors import EnclaveError
+from enclave.kms import DataKey
+
+FORMAT_V2 = "noflylist-envelope-v2"
+FORMAT_FERNET = "fernet"
+#: Upper bound on an envelope document: 2 million names of ~20 bytes, base64-encoded, is
+#: about 55 MiB; anything much larger is not an envelope of ours.
+MAX_ENVELOPE_BYTES = 128 * 1024 * 1024
+#: KMS data keys for AES-256 (and Fernet's signing + encryption halves) are 32 bytes.
+DATA_KEY_BYTES = 32
+#: AES-GCM's standard nonce length.
+NONCE_BYTES = 12
+#: The encryption context new envelopes bind their data key to; a key policy may require it.
+DEFAULT_ENCRYPTION_CONTEXT: Mapping[str, str] = MappingProxyType({"app": "noflylist"})
+_FERNET_FIELDS = frozenset({"data-key-ciphertext-base64", "aes-ciphertext-base64"})
+_V2_FIELDS = frozenset(
+    {
+        "format",
+        "key_id",
+        "serial",
+        "created",
+        "entries",
+        "encryption_context",
+        "data_key_ciphertext",
+        "nonce",
+        "ciphertext",
+    }
+)
+
+
+class EnvelopeError(EnclaveError):
+    """The envelope is malformed, or it does not decrypt. The message says which part."""
+
+
+class DataKeyDecryptor(Protocol):
+    """What opens the data key: :class:`enclave.attested.Decryptor` in the service."""
+
+    def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        *,
+        key_id: str | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed, not yet decrypted envelope. ``serial`` is 0 for the fernet format."""
+
+    format: str
+    data_key_ciphertext: bytes = field(repr=False)
+    ciphertext: bytes = field(repr=False)
+    key_id: str | None = None
+    serial: int = 0
+    created: str | None = None
+    entries: int | None = None
+    encryption_context: Mapping[str, str] = field(default_factory=dict)
+    nonce: bytes = b""
+    associated_data: bytes = field(default=b"", repr=False)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def parse(document: bytes) -> Envelope:
+    """Parse and check an envelope document of either format, without decrypting it."""
+    if len(document) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(
+            f"envelope is {len(document)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed"
+        )
+    try:
+        value = json.loads(document)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EnvelopeError(f"envelope is not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(value, dict):
+        raise EnvelopeError("envelope is not a JSON object")
+    if "format" in value:
+        return _parse_v2(value)
+    if _FERNET_FIELDS <= value.keys():
+        return _parse_fernet(value)
+    raise EnvelopeError(
+        "envelope has neither a 'format' field (v2) nor the public demo's "
+        "'data-key-ciphertext-base64' and 'aes-ciphertext-base64' fields"
+    )
+
+
+def _parse_v2(value: dict[str, Any]) -> Envelope:
+    if value["format"] != FORMAT_V2:
+        raise EnvelopeError(f"unknown envelope format tag; expected {FORMAT_V2!r}")
+    missing = sorted(_V2_FIELDS - value.keys())
+    if missing:
+        raise EnvelopeError(f"envelope lacks field(s): {', '.join(missing)}")
+    extra = sorted(value.keys() - _V2_FIELDS)
+    if extra:
+        raise EnvelopeError(f"envelope has unknown field(s): {', '.join(extra)}")
+    serial, entries = value["serial"], value["entries"]
+    if not _is_count(serial):
+        raise EnvelopeError("envelope field 'serial' must be a non-negative integer")
+    if not _is_count(entries):
+        raise EnvelopeError("envelope field 'entries' must be a non-negative integer")
+    for name in ("key_id", "created"):
+        if not isinstance(value[name], str) or not value[name]:
+            raise EnvelopeError(f"envelope field {name!r} must be a non-empty string")
+    context = value["encryption_context"]
+    if not isinstance(context, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in context.items()
+    ):
+        raise EnvelopeError("envelope field 'encryption_context' must map strings to strings")
+    nonce = _b64_field(value, "nonce")
+    if len(nonce) != NONCE_BYTES:
+        raise EnvelopeError(f"envelope field 'nonce' must be {NONCE_BYTES} bytes")
+    header = {k: v for k, v in value.items() if k not in ("nonce", "ciphertext")}
+    return Envelope(
+        format=FORMAT_V2,
+        data_key_ciphertext=_b64_field(value, "data_key_ciphertext"),
+        ciphertext=_b64_field(value, "ciphertext"),
+        key_id=value["key_id"],
+        serial=serial,
+        created=value["created"],
+        entries=entries,
+        encryption_context=MappingProxyType(dict(context)),
+        nonce=nonce,
+        associated_data=_canonical_json(header),
+    )
+
+
+def _parse_fernet(value: dict[str, Any]) -> Envelope:
+    token = value["aes-ciphertext-base64"]
+    if not isinstance(token, str) or not token:
+        raise EnvelopeError("envelope field 'aes-ciphertext-base64' must be a non-empty string")
+    return Envelope(
+        format=FORMAT_FERNET,
+        data_key_ciphertext=_b64_field(value, "data-key-ciphertext-base64"),
+        ciphertext=token.encode("ascii", "replace"),
+    )
+
+
+def decrypt(envelope: Envelope, decryptor: DataKeyDecryptor) -> Iterator[str]:
+    """Open the data key with ``decryptor`` (KMS), decrypt the list, yield its names.
+
+    The names come out one at a time so the caller can build its table without a list of
+    every name; nothing here keeps them.
+    """
+    data_key = decryptor.decrypt(
+        envelope.data_key_ciphertext,
+        key_id=envelope.key_id,
+        encryption_context=envelope.encryption_context or None,
+    )
+    if len(data_key) != DATA_KEY_BYTES:
+        raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
+    if envelope.format == FORMAT_FERNET:
+        return _fernet_names(envelope, data_key)
+    try:
+        plaintext = AESGCM(data_key).decrypt(
+            envelope.nonce, envelope.ciphertext, envelope.associated_data
+        )
+    except InvalidTag:
+        raise EnvelopeError(
+            "envelope authentication failed: its list or header was changed, or it was "
+            "sealed under another data key"
+        ) from None
+    return _v2_names(plaintext, envelope.entries)
+
+
+def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
+    try:
+        plaintext = Fernet(base64.b64encode(data_key)).decrypt(envelope.ciphertext)
+        text = plaintext.decode("utf-8")
+    except (InvalidToken, UnicodeDecodeError):
+        raise EnvelopeError(
+            "envelope authentication failed: the Fernet token does not open with its data key"
+        ) from None
+    return (name for name in text.split(",") if name.strip())
+
+
+def _v2_names(plaintext: bytes, expected: int | None) -> Iterator[str]:
+    try:
+        lines = [line for line in plaintext.decode("utf-8").split("\n") if line.strip()]
+    except UnicodeDecodeError:
+        raise EnvelopeError("envelope list is not UTF-8") from None
+    if expected is not None and len(lines) != expected:
+        raise EnvelopeError(
+            f"envelope says {expected} entries but its list has {len(lines)} non-empty lines"
+        )
+    return iter(lines)
+
+
+# -- writing (the operator's `noflylist seal`) -----------------------------------------
+
+
+class DataKeySource(Protocol):
+    """What makes a data key: :class:`enclave.kms.KMSClient` (or botocore, operator-side)."""
+
+    def generate_data_key(
+        self, key_id: str, *, encryption_context: Mapping[str, str] | None = None
+    ) -> DataKey: ...
+
+
+def seal_v2(
+    names: Iterable[str],
+    kms: DataKeySource,
+    key_id: str,
+    *,
+    serial: int,
+    encryption_context: Mapping[str, str] = DEFAULT_ENCRYPTION_CONTEXT,
+    now: datetime | None = None,
+) -> bytes:
+    """Encrypt ``names`` into a v2 envelope under a fresh KMS data key, then forget the key."""
+    lines = [_one_line(name) for name in names]
+    key_arn, data_key, blob = _new_data_key(kms, key_id, encryption_context)
+    header: dict[str, Any] = {
+        "format": FORMAT_V2,
+        "key_id": key_arn,
+        "serial": serial,
+        "created": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "entries": len(lines),
+        "encryption_context": dict(encryption_context),
+        "data_key_ciphertext": _b64(blob),
+    }
+    nonce = os.urandom(NONCE_BYTES)
+    plaintext = "".join(line + "\n" for line in lines).encode("utf-8")
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _canonical_json(header))
+    del data_key, plaintext
+    document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}
+    return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def seal_fernet(names: Iterable[str], kms: DataKeySource, key_id: str) -> bytes:
+    """Write the public demo's format (comma-separated names; no serial, no key id)."""
+    listed = [_one_line(name) for name in names]
+    if any("," in name for name in listed):
+        raise EnvelopeError("the fernet format separates names with commas; use --format v2")
+    _, data_key, blob = _new_data_key(kms, key_id, None)
+    token = Fernet(base64.b64encode(data_key)).encrypt(",".join(listed).encode("utf-8"))
+    del data_key
+    document = {"data-key-ciphertext-base64": _b64(blob), "aes-ciphertext-base64": token.decode()}
+    return json.dumps(document).encode() + b"\n"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _new_data_key(
+    kms: DataKeySource, key_id: str, context: Mapping[str, str] | None
+) -> tuple[str, bytes, bytes]:
+    key = kms.generate_data_key(key_id, encryption_context=context)
+    if key.plaintext is None or len(key.plaintext) != DATA_KEY_BYTES:
+        raise EnvelopeError(f"KMS did not return a {DATA_KEY_BYTES}-byte data key")
+    return key.key_id, key.plaintext, key.ciphertext_blob
+
+
+def _one_line(name: str) -> str:
+    stripped = name.strip()
+    if not stripped or "\n" in stripped or "\r" in stripped:
+        raise EnvelopeError("every listed name must be one non-empty line")
+    return stripped
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64_field(value: Mapping[str, Any], name: str) -> bytes:
+    text = value[name]
+    if not isinstance(text, str) or not text:
+        raise EnvelopeError(f"envelope field {name!r} must be a non-empty base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise EnvelopeError(f"envelope field {name!r} is not valid base64") from None
+
+
+def _canonical_json(value: Mapping[str, Any]) -> bytes:
+    """One byte string per header: sorted keys, no spaces, ASCII only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
