@@ -1,0 +1,191 @@
+"""Envelopes: both formats open, every malformed or tampered envelope gives one clear error,
+and no error message carries a listed name."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from enclave.kms import KMSError
+from noflylist import envelope
+from noflylist.envelope import EnvelopeError
+from tests.support.fake_kms import KEY_ARN, FakeDataKeys
+
+NAMES = ["bigbird", "Oscar, the Grouch", "zoë", "两个头的怪物"]
+
+
+def sealed(kms: FakeDataKeys, names: list[str] = NAMES, serial: int = 3) -> dict[str, Any]:
+    document = envelope.seal_v2(names, kms, "alias/noflylist", serial=serial)
+    value: dict[str, Any] = json.loads(document)
+    return value
+
+
+def open_document(value: dict[str, Any], kms: FakeDataKeys) -> list[str]:
+    parsed = envelope.parse(json.dumps(value).encode())
+    return list(envelope.decrypt(parsed, kms))
+
+
+def test_v2_round_trip_keeps_names_with_commas_and_unicode() -> None:
+    kms = FakeDataKeys()
+    value = sealed(kms)
+    assert value["format"] == "noflylist-envelope-v2"
+    assert value["key_id"] == KEY_ARN
+    assert value["entries"] == 4 and value["serial"] == 3
+    assert value["encryption_context"] == {"app": "noflylist"}
+    assert open_document(value, kms) == NAMES
+
+
+def test_v2_envelope_holds_no_plaintext_name() -> None:
+    kms = FakeDataKeys()
+    document = envelope.seal_v2(NAMES, kms, "k", serial=1)
+    for name in NAMES:
+        assert name.encode() not in document
+        assert name.encode("unicode_escape") not in document
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("serial", 99), ("entries", 5), ("created", "2030-01-01T00:00:00Z")],
+)
+def test_v2_header_is_authenticated(field: str, value: object) -> None:
+    kms = FakeDataKeys()
+    document = sealed(kms)
+    document[field] = value
+    with pytest.raises(EnvelopeError, match="authentication failed") as caught:
+        open_document(document, kms)
+    _assert_no_names(str(caught.value))
+
+
+def test_v2_key_id_is_passed_to_kms_which_refuses_another_key() -> None:
+    kms = FakeDataKeys()
+    document = sealed(kms)
+    document["key_id"] = KEY_ARN + "x"
+    with pytest.raises(KMSError, match="IncorrectKeyException"):
+        open_document(document, kms)
+
+
+def test_v2_changed_ciphertext_fails_authentication() -> None:
+    kms = FakeDataKeys()
+    document = sealed(kms)
+    raw = bytearray(base64.b64decode(document["ciphertext"]))
+    raw[5] ^= 1
+    document["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(EnvelopeError, match="authentication failed"):
+        open_document(document, kms)
+
+
+def test_v2_entry_count_must_match_the_list() -> None:
+    kms = FakeDataKeys()
+    document = envelope.seal_v2(NAMES, kms, "k", serial=1)
+    parsed = envelope.parse(document)
+    lying = envelope.Envelope(**{**parsed.__dict__, "entries": 3})
+    with pytest.raises(EnvelopeError):
+        list(envelope.decrypt(lying, kms))
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda d: d.pop("nonce"), "lacks field"),
+        (lambda d: d.update(extra=1), "unknown field"),
+        (lambda d: d.update(format="noflylist-envelope-v9"), "unknown envelope format"),
+        (lambda d: d.update(serial=-1), "'serial' must be"),
+        (lambda d: d.update(serial=True), "'serial' must be"),
+        (lambda d: d.update(serial="7"), "'serial' must be"),
+        (lambda d: d.update(entries=None), "'entries' must be"),
+        (lambda d: d.update(key_id=""), "'key_id' must be"),
+        (lambda d: d.update(encryption_context={"a": 1}), "encryption_context"),
+        (lambda d: d.update(nonce="AAAA"), "'nonce' must be 12 bytes"),
+        (lambda d: d.update(ciphertext="not base64!"), "not valid base64"),
+        (lambda d: d.update(data_key_ciphertext=""), "non-empty base64"),
+    ],
+)
+def test_malformed_v2_envelopes_name_the_problem(mutate: Any, words: str) -> None:
+    document = sealed(FakeDataKeys())
+    mutate(document)
+    with pytest.raises(EnvelopeError, match=words) as caught:
+        envelope.parse(json.dumps(document).encode())
+    _assert_no_names(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b"", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"names": []}', "neither a 'format' field"),
+        (b'{"data-key-ciphertext-base64": "AAAA"}', "neither"),
+    ],
+)
+def test_documents_that_are_no_envelope(raw: bytes, words: str) -> None:
+    with pytest.raises(EnvelopeError, match=words):
+        envelope.parse(raw)
+
+
+def test_oversized_envelope_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envelope, "MAX_ENVELOPE_BYTES", 100)
+    with pytest.raises(EnvelopeError, match="more than the 100 allowed"):
+        envelope.parse(b" " * 101)
+
+
+def public_demo_envelope(kms: FakeDataKeys, names: list[str]) -> bytes:
+    """Made the way the public demo's sealing script does it, not with our code."""
+    key = kms.generate_data_key("k")
+    assert key.plaintext is not None
+    token = Fernet(base64.b64encode(key.plaintext)).encrypt(",".join(names).encode("utf-8"))
+    return json.dumps(
+        {
+            "data-key-ciphertext-base64": base64.b64encode(key.ciphertext_blob).decode(),
+            "aes-ciphertext-base64": token.decode(),
+        }
+    ).encode()
+
+
+def test_public_demo_fernet_envelope_opens() -> None:
+    kms = FakeDataKeys()
+    names = ["bigbird", "oscarthegrouch", "bert"]
+    parsed = envelope.parse(public_demo_envelope(kms, names))
+    assert parsed.format == "fernet" and parsed.serial == 0 and parsed.key_id is None
+    assert list(envelope.decrypt(parsed, kms)) == names
+
+
+def test_our_fernet_seal_is_what_the_public_demo_reads() -> None:
+    kms = FakeDataKeys()
+    document = json.loads(envelope.seal_fernet(["bigbird", "bert"], kms, "k"))
+    assert set(document) == {"data-key-ciphertext-base64", "aes-ciphertext-base64"}
+    # The public demo's reader: base64 of the KMS plaintext is the Fernet key.
+    plaintext_key = kms.decrypt(base64.b64decode(document["data-key-ciphertext-base64"]))
+    token = document["aes-ciphertext-base64"].encode()
+    assert Fernet(base64.b64encode(plaintext_key)).decrypt(token) == b"bigbird,bert"
+
+
+def test_fernet_seal_refuses_names_with_commas() -> None:
+    with pytest.raises(EnvelopeError, match="use --format v2"):
+        envelope.seal_fernet(["Oscar, the Grouch"], FakeDataKeys(), "k")
+
+
+def test_fernet_token_under_another_key_fails_cleanly() -> None:
+    kms = FakeDataKeys()
+    document = json.loads(public_demo_envelope(kms, ["bert"]))
+    other = json.loads(public_demo_envelope(kms, ["ernie"]))
+    document["aes-ciphertext-base64"] = other["aes-ciphertext-base64"]
+    parsed = envelope.parse(json.dumps(document).encode())
+    with pytest.raises(EnvelopeError, match="does not open") as caught:
+        list(envelope.decrypt(parsed, kms))
+    _assert_no_names(str(caught.value))
+
+
+def test_sealing_refuses_empty_or_multi_line_names() -> None:
+    for bad in (["ok", "  "], ["two\nlines"]):
+        with pytest.raises(EnvelopeError, match="one non-empty line"):
+            envelope.seal_v2(bad, FakeDataKeys(), "k", serial=1)
+
+
+def _assert_no_names(text: str) -> None:
+    for name in (*NAMES, "bert", "ernie"):
+        assert name not in text
