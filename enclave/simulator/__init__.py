@@ -1,0 +1,1 @@
+"""Simulated peers for tests and local development; never part of the production image."""
