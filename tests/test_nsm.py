@@ -92,6 +92,14 @@ def device_node(tmp_path: Path) -> str:
     return str(node)
 
 
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One stand-in device file for the generated examples."""
+    node = tmp_path_factory.mktemp("dev") / "nsm"
+    node.write_bytes(b"")
+    return str(node)
+
+
 def open_with(device_node: str, kernel: FakeKernel) -> NitroSecureModule:
     return NitroSecureModule(device_node, _ioctl=kernel)
 
@@ -130,16 +138,14 @@ def test_get_random_sends_the_linux_drivers_bytes_and_reads_its_documented_answe
     document=st.binary(min_size=1, max_size=6000),
 )
 def test_attestation_request_has_the_nsm_api_shape_and_returns_the_document(
-    tmp_path_factory: pytest.TempPathFactory,
+    shared_node: str,
     public_key: bytes | None,
     user_data: bytes | None,
     nonce: bytes | None,
     document: bytes,
 ) -> None:
-    node = tmp_path_factory.mktemp("dev") / "nsm"
-    node.write_bytes(b"")
     kernel = FakeKernel(answering({"Attestation": {"document": document}}))
-    with open_with(str(node), kernel) as module:
+    with open_with(shared_node, kernel) as module:
         got = module.attestation(public_key=public_key, user_data=user_data, nonce=nonce)
     assert got == document
     (raw,) = kernel.requests
@@ -213,9 +219,7 @@ def test_the_device_and_the_protocol_agree_on_the_interface(device_node: str) ->
 
 
 @pytest.mark.parametrize("code", NSM_API_ERROR_CODES)
-def test_each_nsm_error_code_raises_a_typed_error_carrying_it(
-    device_node: str, code: str
-) -> None:
+def test_each_nsm_error_code_raises_a_typed_error_carrying_it(device_node: str, code: str) -> None:
     kernel = FakeKernel(answering({"Error": code}))
     with open_with(device_node, kernel) as module, pytest.raises(NSMDeviceError) as caught:
         module.describe_pcr(40)
