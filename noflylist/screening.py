@@ -1,0 +1,251 @@
+"""The service's decision: normalise a name, look it up, answer.
+
+This is the file to read first. It has no I/O: the list arrives as an iterable of names (already
+decrypted elsewhere) and a query arrives as one name.
+
+What an auditor should be able to check here:
+
+* **Normalisation** (:func:`normalize`) is one function used both for list entries at load and
+  for queries at lookup, so the two can never disagree.
+* **No plaintext is kept.** :class:`ScreeningTable` stores only 16-byte keyed BLAKE2b digests
+  ("fingerprints") under a random key made for this process, held only in memory and never
+  returned, printed or serialised. After :meth:`ScreeningTable.build` returns, the table
+  references no name.
+* **Every lookup does the same work** whether the name is listed, absent or one letter away
+  from a listed name: one keyed hash, then exactly eight :func:`hmac.compare_digest` calls
+  against the eight fixed-size slots of the name's two candidate buckets, OR-ed together
+  without an early exit. (Python promises no cycle-exact timing; the point is that no code path
+  depends on membership. ``bench/bench_screening.py`` measures the latencies.)
+* **Compact.** The slots live in one ``bytes`` buffer (a bucketed cuckoo table, 2 buckets x 4
+  slots), about 18 bytes a listed name instead of ~100 for a Python ``set`` of digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import random
+import secrets
+import unicodedata
+from collections.abc import Iterable
+
+from enclave.errors import EnclaveError
+
+#: BLAKE2b key length: 256 bits, so nobody can recompute a fingerprint without the key.
+_KEY_BYTES = 32
+#: Fingerprint length. One bit is the "occupied" flag, so 127 bits are random: the chance that
+#: an unlisted name matches one of the 8 slots it is compared with is at most 8 / 2**127.
+_FINGERPRINT_BYTES = 16
+#: Marks a slot as occupied: every real fingerprint has this bit set in its first byte.
+_OCCUPIED_FLAG = 0x80
+#: An empty slot is all zero bytes. It can never equal a real fingerprint, whose first byte
+#: always has _OCCUPIED_FLAG set; so empty slots need no separate bookkeeping at lookup.
+_EMPTY_SLOT = bytes(_FINGERPRINT_BYTES)
+#: Slots per bucket; 4 x 16 bytes = one 64-byte cache line.
+_SLOTS_PER_BUCKET = 4
+_BUCKET_BYTES = _SLOTS_PER_BUCKET * _FINGERPRINT_BYTES
+#: Fill the table to at most 90 %. Two-choice, four-slot cuckoo tables fill to about 97 %
+#: before insertion fails, so this leaves margin while costing about 17.8 bytes a name.
+_TARGET_LOAD = 0.90
+#: Bound on one insertion's chain of evictions; a longer chain means "rebuild".
+_MAX_KICKS = 500
+#: Bound on rebuilds (each with a fresh key and 10 % more buckets) before giving up.
+_MAX_BUILD_ATTEMPTS = 32
+_GROWTH_PER_ATTEMPT = 1.10
+
+
+class ScreeningError(EnclaveError):
+    """The screening table could not be built."""
+
+
+def normalize(name: str) -> str:
+    """Return the form of ``name`` that list entries and queries are compared in.
+
+    The public demo removed all whitespace and lowercased (``"Big Bird"`` -> ``"bigbird"``);
+    this does the same for ASCII and extends it to Unicode, in this order:
+
+    1. NFKC, first, so compatibility forms become ordinary letters *before* case folding:
+       full-width letters (U+FF22 U+FF29 U+FF27) -> ``"BIG"``, ligature ``"ﬁ"`` -> ``"fi"``,
+       ``"㎒"`` -> ``"MHz"``, NBSP and ideographic space -> ``" "``, ``"e"`` + combining acute
+       -> ``"é"``.
+    2. Case folding (``str.casefold``), which is stronger than ``lower``: ``"ß"`` -> ``"ss"``,
+       final sigma U+03C2 -> sigma U+03C3.
+    3. Drop every character for which ``str.isspace()`` is true.
+    4. NFKC again, because case folding can leave a decomposed sequence (``"ǰ"`` -> ``"j"`` +
+       combining caron) and step 3 can put a combining mark (from ``"¨"`` -> ``" "`` + U+0308)
+       next to a new base letter. Doing this after step 3 makes the function idempotent, so a
+       list that its producer already normalised with this function is left unchanged. This
+       last step introduces no whitespace (the tests check every code point).
+
+    Only whitespace is removed; other invisible characters (e.g. U+200B) are kept. Results
+    follow the Unicode version of the running Python, which is the same at load and lookup.
+    """
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    without_space = "".join(ch for ch in folded if not ch.isspace())
+    return unicodedata.normalize("NFKC", without_space)
+
+
+def _fingerprint(key: bytes, normalised: str) -> bytes:
+    """Keyed BLAKE2b of the normalised name, with the occupied flag set.
+
+    ``surrogatepass`` gives every ``str`` (even one with a lone surrogate) one distinct
+    encoding, so hashing cannot raise and two different names cannot share an input.
+    """
+    digest = hashlib.blake2b(
+        normalised.encode("utf-8", "surrogatepass"), key=key, digest_size=_FINGERPRINT_BYTES
+    ).digest()
+    return bytes((digest[0] | _OCCUPIED_FLAG,)) + digest[1:]
+
+
+def _candidate_buckets(fingerprint: bytes, buckets: int) -> tuple[int, int]:
+    """The two buckets a fingerprint may live in, taken from its own two halves.
+
+    Deriving both from the stored fingerprint lets insertion move an entry to its other
+    bucket without knowing the name.
+    """
+    half = _FINGERPRINT_BYTES // 2
+    first = int.from_bytes(fingerprint[:half], "little") % buckets
+    second = int.from_bytes(fingerprint[half:], "little") % buckets
+    return first, second
+
+
+def _buckets_for(entries: int) -> int:
+    """Number of buckets that holds ``entries`` at no more than the target load."""
+    return max(1, math.ceil(entries / (_SLOTS_PER_BUCKET * _TARGET_LOAD)))
+
+
+def _place_in_free_slot(slots: bytearray, bucket: int, fingerprint: bytes) -> bool:
+    """Write ``fingerprint`` into the first empty slot of ``bucket``; False if it is full."""
+    for slot in range(_SLOTS_PER_BUCKET):
+        offset = bucket * _BUCKET_BYTES + slot * _FINGERPRINT_BYTES
+        if slots[offset : offset + _FINGERPRINT_BYTES] == _EMPTY_SLOT:
+            slots[offset : offset + _FINGERPRINT_BYTES] = fingerprint
+            return True
+    return False
+
+
+def _insert(slots: bytearray, buckets: int, fingerprint: bytes, rng: random.Random) -> bool:
+    """Cuckoo insertion with a bounded random walk; False means "rebuild the table".
+
+    Runs at load only, so its time may vary. On failure one fingerprint is left out, which
+    is harmless because the caller discards this buffer and starts again.
+    """
+    first, second = _candidate_buckets(fingerprint, buckets)
+    if _place_in_free_slot(slots, first, fingerprint):
+        return True
+    if _place_in_free_slot(slots, second, fingerprint):
+        return True
+    bucket = rng.choice((first, second))
+    for _ in range(_MAX_KICKS):
+        offset = bucket * _BUCKET_BYTES + rng.randrange(_SLOTS_PER_BUCKET) * _FINGERPRINT_BYTES
+        evicted = bytes(slots[offset : offset + _FINGERPRINT_BYTES])
+        slots[offset : offset + _FINGERPRINT_BYTES] = fingerprint
+        fingerprint = evicted
+        evicted_first, evicted_second = _candidate_buckets(fingerprint, buckets)
+        bucket = evicted_second if bucket == evicted_first else evicted_first
+        if _place_in_free_slot(slots, bucket, fingerprint):
+            return True
+    return False
+
+
+class ScreeningTable:
+    """A set of listed names, held only as keyed fingerprints in one compact buffer.
+
+    Make one with :meth:`build`; it cannot change afterwards.
+    """
+
+    __slots__ = ("_buckets", "_entries", "_key", "_skipped_empty", "_slots")
+
+    def __init__(self, key: bytes, slots: bytes, entries: int, skipped_empty: int) -> None:
+        self._key = key
+        self._slots = slots
+        self._buckets = len(slots) // _BUCKET_BYTES
+        self._entries = entries
+        self._skipped_empty = skipped_empty
+
+    @classmethod
+    def build(cls, names: Iterable[str]) -> ScreeningTable:
+        """Normalise ``names`` and store their fingerprints under a fresh random key.
+
+        Names that normalise to "" are skipped and counted; duplicates are stored once. If an
+        insertion exceeds its eviction bound, the whole table is rebuilt with a new key and
+        10 % more buckets.
+        """
+        distinct: set[str] = set()
+        skipped_empty = 0
+        for name in names:
+            normalised = normalize(name)
+            if normalised:
+                distinct.add(normalised)
+            else:
+                skipped_empty += 1
+        # Placement choices are not secrets; they only need to differ between attempts.
+        rng = random.Random(secrets.randbits(64))  # noqa: S311
+        entries = len(distinct)
+        buckets = _buckets_for(entries)
+        try:
+            for _ in range(_MAX_BUILD_ATTEMPTS):
+                key = secrets.token_bytes(_KEY_BYTES)
+                slots = bytearray(buckets * _BUCKET_BYTES)
+                if all(_insert(slots, buckets, _fingerprint(key, n), rng) for n in distinct):
+                    return cls(key, bytes(slots), entries, skipped_empty)
+                buckets = max(buckets + 1, math.ceil(buckets * _GROWTH_PER_ATTEMPT))
+        finally:
+            # Python cannot wipe str memory; dropping the last references is what it allows.
+            distinct.clear()
+        raise ScreeningError(
+            f"could not place {entries} fingerprints after {_MAX_BUILD_ATTEMPTS} "
+            "attempts with fresh keys; this indicates a bug in noflylist.screening, "
+            "please report it"
+        )
+
+    def contains(self, name: str) -> bool:
+        """True if ``name`` normalises to a listed name.
+
+        Always one hash and exactly 2 x 4 = 8 ``hmac.compare_digest`` calls, OR-ed together:
+        no early exit, and empty slots are compared like full ones.
+        """
+        fingerprint = _fingerprint(self._key, normalize(name))
+        found = False
+        for bucket in _candidate_buckets(fingerprint, self._buckets):
+            for slot in range(_SLOTS_PER_BUCKET):
+                offset = bucket * _BUCKET_BYTES + slot * _FINGERPRINT_BYTES
+                stored = self._slots[offset : offset + _FINGERPRINT_BYTES]
+                found |= hmac.compare_digest(stored, fingerprint)
+        return found
+
+    def __len__(self) -> int:
+        """Number of distinct listed names (after normalisation)."""
+        return self._entries
+
+    @property
+    def skipped_empty(self) -> int:
+        """How many input names normalised to the empty string and were left out."""
+        return self._skipped_empty
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the fingerprint buffer in bytes (the table's bulk memory)."""
+        return len(self._slots)
+
+    def __repr__(self) -> str:
+        return f"ScreeningTable(entries={self._entries}, buckets={self._buckets})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            "a ScreeningTable holds this process's secret key and is never serialised; "
+            "build a new one from the list instead"
+        )
+
+
+def answer(name: str, listed: bool) -> str:
+    """The reply text, byte for byte as the public demo sends it, with ``name`` as written."""
+    if listed:
+        return f"{name} is on the no-fly list and CAN NOT BOARD!\n"
+    return f"{name} is cleared to fly. Enjoy your flight!\n"
+
+
+def screen(table: ScreeningTable, name: str) -> str:
+    """Normalise, look up, answer: the whole decision for one query."""
+    return answer(name, table.contains(name))
