@@ -183,15 +183,22 @@ def _parse_fernet(value: dict[str, Any]) -> Envelope:
     )
 
 
-def decrypt(envelope: Envelope, decryptor: DataKeyDecryptor) -> Iterator[str]:
+def decrypt(
+    envelope: Envelope, decryptor: DataKeyDecryptor, *, pinned_key_id: str | None = None
+) -> Iterator[str]:
     """Open the data key with ``decryptor`` (KMS), decrypt the list, yield its names.
+
+    ``pinned_key_id`` (the service's ``--key-id``) is sent to KMS instead of the key id the
+    envelope names, so KMS refuses a data key of any other key. Without it, whoever can
+    replace the envelope could seal a list of their own (an empty one clears everybody)
+    under a KMS key they control.
 
     The names come out one at a time so the caller can build its table without a list of
     every name; nothing here keeps them.
     """
     data_key = decryptor.decrypt(
         envelope.data_key_ciphertext,
-        key_id=envelope.key_id,
+        key_id=pinned_key_id or envelope.key_id,
         encryption_context=envelope.encryption_context or None,
     )
     if len(data_key) != DATA_KEY_BYTES:

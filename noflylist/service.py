@@ -53,9 +53,15 @@ class ListHolder:
     """Owns the list in service. ``screen`` is lock-free; loads are serialised by a lock."""
 
     def __init__(
-        self, source: Source, decryptor: envelope.DataKeyDecryptor, metrics: Metrics
+        self,
+        source: Source,
+        decryptor: envelope.DataKeyDecryptor,
+        metrics: Metrics,
+        *,
+        pinned_key_id: str | None = None,
     ) -> None:
         self.source = source
+        self._pinned_key_id = pinned_key_id
         self._decryptor = decryptor
         self._metrics = metrics
         self._load_lock = threading.Lock()
@@ -130,7 +136,9 @@ class ListHolder:
             return None
         parsed = envelope.parse(data)
         _check_not_older(parsed, current)
-        table = ScreeningTable.build(envelope.decrypt(parsed, self._decryptor))
+        names = envelope.decrypt(parsed, self._decryptor, pinned_key_id=self._pinned_key_id)
+        table = ScreeningTable.build(names)
+        del names
         log.info("envelope decrypted and table built in %.2f s", time.monotonic() - started)
         return ListInService(table, parsed.serial, parsed.format, digest, time.time())
 

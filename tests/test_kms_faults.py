@@ -29,7 +29,10 @@ def kms_error(code: str, message: str = "try later", status: int = 400) -> Answe
 
 
 def decrypted(plaintext: bytes) -> Answer:
-    body = {"KeyId": "arn:aws:kms:eu-west-1:111122223333:key/k", "Plaintext": base64.b64encode(plaintext).decode()}
+    body = {
+        "KeyId": "arn:aws:kms:eu-west-1:111122223333:key/k",
+        "Plaintext": base64.b64encode(plaintext).decode(),
+    }
     return Answer(200, json.dumps(body).encode())
 
 
@@ -39,15 +42,15 @@ def client(url: str, policy: RetryPolicy = FAST) -> kms.KMSClient:
 
 def test_kms_request_is_the_json_protocol_and_signed() -> None:
     with scripted_server([decrypted(b"k" * 32)]) as server:
-        result = client(server.url).decrypt(b"blob", key_id="alias/x", encryption_context={"a": "b"})
+        result = client(server.url).decrypt(
+            b"blob", key_id="alias/x", encryption_context={"a": "b"}
+        )
     assert result.plaintext == b"k" * 32
     (request,) = server.requests
     assert request.method == "POST" and request.path == "/"
     assert request.headers["x-amz-target"] == "TrentService.Decrypt"
     assert request.headers["content-type"] == "application/x-amz-json-1.1"
-    assert request.headers["authorization"].startswith(
-        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"
-    )
+    assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/kms/aws4_request" in request.headers["authorization"]
     assert json.loads(request.body) == {
         "CiphertextBlob": base64.b64encode(b"blob").decode(),
@@ -235,7 +238,11 @@ def test_retry_backoff_grows_and_stays_within_the_deadline() -> None:
     policy = RetryPolicy(deadline=10.0, max_attempts=50, base_delay=0.1, max_delay=2.0)
     with pytest.raises(kms.KMSError, match="still throttled; KMS x still failing after"):
         call_with_retries(
-            attempt, policy, describe="KMS x", sleep=sleep, clock=lambda: now[0],
+            attempt,
+            policy,
+            describe="KMS x",
+            sleep=sleep,
+            clock=lambda: now[0],
             jitter=lambda low, high: high,
         )
     assert sleeps[:5] == [0.1, 0.2, 0.4, 0.8, 1.6]

@@ -135,3 +135,14 @@ def test_open_source_picks_by_location(tmp_path: Path) -> None:
         open_source("ftp://host/e.json", region=None, credentials=None)
     with pytest.raises(SourceError, match="must be https"):
         open_source("https://", region=None, credentials=None)
+
+
+def test_a_pinned_key_id_is_what_kms_is_asked_for(tmp_path: Path) -> None:
+    """With --key-id, an envelope sealed under any other key is refused by KMS."""
+    kms = FakeDataKeys()
+    path = tmp_path / "envelope.json"
+    write(path, kms, ["bert"], serial=1)
+    pinned = ListHolder(FileSource(str(path)), kms, Metrics(), pinned_key_id="alias/other")
+    with pytest.raises(EnclaveError, match="IncorrectKeyException"):
+        pinned.reload(only_if_changed=False)
+    assert pinned.screen("bert") is None
