@@ -1,0 +1,156 @@
+"""The service's configuration: one typed object, built once at start-up.
+
+Every option of ``noflylist serve`` can come from a flag or from an environment variable
+(flag wins). A bad value is refused with a message naming both the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from enclave.attested import MODES
+from enclave.errors import EnclaveError
+
+#: Where the NSM device appears inside a Nitro Enclave.
+NSM_DEVICE = "/dev/nsm"
+DEFAULT_PORT = 8001
+#: How often a remote envelope (s3://, https://) is polled; a conditional request is cheap.
+DEFAULT_REFRESH_INTERVAL = 300.0
+#: Worker threads that answer complete requests; connections wait in one selector thread.
+DEFAULT_WORKERS = 8
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(EnclaveError):
+    """An option has a bad value; the message names the flag and its variable."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``serve`` option: its flag, its environment variable and its help."""
+
+    flag: str
+    variable: str
+    help: str
+
+
+OPTIONS = {
+    "envelope": Option(
+        "--envelope", "NOFLYLIST_ENVELOPE", "envelope: a path, s3://BUCKET/KEY or https://URL"
+    ),
+    "host": Option("--host", "NOFLYLIST_HOST", "address to listen on (default 127.0.0.1)"),
+    "port": Option("--port", "NOFLYLIST_PORT", f"port to listen on (default {DEFAULT_PORT})"),
+    "attestation": Option(
+        "--attestation",
+        "NOFLYLIST_ATTESTATION",
+        "how KMS calls are attested: nsm (default when /dev/nsm exists), simulated, unsafe-none",
+    ),
+    "refresh_interval": Option(
+        "--refresh-interval",
+        "NOFLYLIST_REFRESH_INTERVAL",
+        f"seconds between polls of a remote envelope; 0 turns polling off "
+        f"(default {DEFAULT_REFRESH_INTERVAL:g})",
+    ),
+    "key_id": Option(
+        "--key-id", "NOFLYLIST_KEY_ID", "KMS key the envelope must be sealed under (optional)"
+    ),
+    "log_format": Option("--log-format", "NOFLYLIST_LOG_FORMAT", "log lines as text or json"),
+    "workers": Option(
+        "--workers", "NOFLYLIST_WORKERS", f"worker threads (default {DEFAULT_WORKERS})"
+    ),
+    "simulator_state": Option(
+        "--simulator-state",
+        "NOFLYLIST_SIMULATOR_STATE",
+        "folder of the local enclave simulator (with --attestation simulated)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``noflylist serve`` needs, validated."""
+
+    envelope: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    attestation: str = "nsm"
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL
+    key_id: str | None = None
+    log_format: str = "text"
+    workers: int = DEFAULT_WORKERS
+    simulator_state: str | None = None
+
+
+def build_serve_config(
+    flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None
+) -> ServeConfig:
+    """Merge flags (``None`` = not given) over environment variables, then validate."""
+    env = os.environ if environ is None else environ
+
+    def value(name: str) -> str | None:
+        given = flags.get(name)
+        if given is not None:
+            return given
+        return env.get(OPTIONS[name].variable) or None
+
+    envelope = value("envelope")
+    if not envelope:
+        raise ConfigError(_named("envelope", "is required: where is the encrypted list?"))
+    attestation = value("attestation") or ("nsm" if os.path.exists(NSM_DEVICE) else None)
+    if attestation is None:
+        raise ConfigError(
+            f"{NSM_DEVICE} does not exist, so this is not a Nitro Enclave; choose "
+            "--attestation simulated (local simulator) or --attestation unsafe-none "
+            "(development against a real KMS, no protection) explicitly "
+            f"(or set {OPTIONS['attestation'].variable})"
+        )
+    if attestation not in MODES:
+        raise ConfigError(_named("attestation", f"must be one of {', '.join(MODES)}"))
+    log_format = value("log_format") or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(_named("log_format", "must be text or json"))
+    simulator_state = value("simulator_state")
+    if attestation == "simulated" and not simulator_state:
+        raise ConfigError(_named("simulator_state", "is required with --attestation simulated"))
+    return ServeConfig(
+        envelope=envelope,
+        host=value("host") or "127.0.0.1",
+        port=_integer(value("port"), "port", DEFAULT_PORT, 1, 65535),
+        attestation=attestation,
+        refresh_interval=_seconds(value("refresh_interval"), "refresh_interval"),
+        key_id=value("key_id"),
+        log_format=log_format,
+        workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, 1, 256),
+        simulator_state=simulator_state,
+    )
+
+
+def _named(name: str, problem: str) -> str:
+    option = OPTIONS[name]
+    return f"{option.flag} (or {option.variable}) {problem}"
+
+
+def _integer(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ConfigError(_named(name, f"must be a whole number from {low} to {high}"))
+    return number
+
+
+def _seconds(text: str | None, name: str) -> float:
+    if text is None:
+        return DEFAULT_REFRESH_INTERVAL
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 7 * 24 * 3600:
+        raise ConfigError(_named(name, "must be a number of seconds from 0 to 604800"))
+    return seconds
