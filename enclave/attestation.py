@@ -74,12 +74,17 @@ _HANDLED_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Register that holds the enclave image measurement; all zero in a debug-mode enclave.
 _PCR_IMAGE = 0
+#: Untrusted values quoted in error messages are cut to this many characters.
+_PREVIEW_CHARS = 60
+#: Certificate subjects are longer (a Nitro leaf's is about 100 characters) and worth reading.
+_NAME_CHARS = 200
 #: Exceptions ``cryptography`` raises on malformed or unsupported certificate contents.
 _X509_FAILURES = (
     ValueError,
     TypeError,
     InvalidSignature,
     UnsupportedAlgorithm,
+    x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
 )
@@ -175,8 +180,8 @@ def _step1_decode_envelope(document: bytes) -> Sign1:
         raise AttestationError(f"step 1 (COSE_Sign1): {exc}") from exc
     if sign1.protected != _PROTECTED_ES384:
         raise AttestationError(
-            f"step 1 (COSE_Sign1): protected header is {dict(sign1.protected_header)!r}, not "
-            "{1: -35} (ES384); an emulated NSM (e.g. QEMU's) emits unsigned documents with "
+            f"step 1 (COSE_Sign1): protected header is {_preview(dict(sign1.protected_header))}, "
+            "not {1: -35} (ES384); an emulated NSM (e.g. QEMU's) emits unsigned documents with "
             "algorithm -1: use a real Nitro enclave"
         )
     if sign1.unprotected:
@@ -187,6 +192,12 @@ def _step1_decode_envelope(document: bytes) -> Sign1:
             f"allowed 1..{_MAX_PAYLOAD_BYTES}"
         )
     return sign1
+
+
+def _preview(value: object, limit: int = _PREVIEW_CHARS) -> str:
+    """A short ``repr`` of untrusted data for an error message: never a wall of attacker text."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _bytes_field(name: str, value: CBORValue, low: int, high: int) -> bytes:
@@ -208,7 +219,8 @@ def _check_pcrs(value: CBORValue) -> dict[int, bytes]:
     for index, content in value.items():
         if type(index) is not int or not 0 <= index < _MAX_PCRS:
             raise AttestationError(
-                f"step 2 (payload): PCR index {index!r} is not an integer in 0..{_MAX_PCRS - 1}"
+                f"step 2 (payload): PCR index {_preview(index)} is not an integer in "
+                f"0..{_MAX_PCRS - 1}"
             )
         if not isinstance(content, bytes) or len(content) not in _PCR_SIZES:
             raise AttestationError(
@@ -251,7 +263,7 @@ def _step2_check_payload(payload: bytes) -> _Payload:
         raise AttestationError("step 2 (payload): the payload must be a CBOR map")
     unknown = [key for key in fields if key not in _MANDATORY + _OPTIONAL]
     if unknown:
-        raise AttestationError(f"step 2 (payload): unknown field(s) {unknown[:4]!r}")
+        raise AttestationError(f"step 2 (payload): unknown field {_preview(unknown[0])}")
     missing = [key for key in _MANDATORY if fields.get(key) is None]
     if missing:
         raise AttestationError(f"step 2 (payload): mandatory field(s) {missing} missing or null")
@@ -323,21 +335,28 @@ def _step3_check_chain(
 
 
 def _load_certificate(der: bytes, label: str) -> x509.Certificate:
+    """Parse one DER certificate; a serial that is not positive is refused (RFC 5280 §4.1.2.2)."""
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
     except _X509_FAILURES:
         raise AttestationError(
             f"step 3 (certificate chain): {label} is not a DER-encoded X.509 certificate"
         ) from None
+    if cert.serial_number <= 0:
+        raise AttestationError(
+            f"step 3 (certificate chain): {label} has a serial number that is not positive"
+        )
+    return cert
 
 
 def _chain_error(cert: x509.Certificate, problem: str) -> AttestationError:
     """An error naming the certificate by its subject (public information, never secret)."""
     try:
-        name = cert.subject.rfc4514_string()
-    except _X509_FAILURES:
-        name = f"serial {cert.serial_number:x}"
-    return AttestationError(f"step 3 (certificate chain): certificate '{name}' {problem}")
+        label = f"certificate {_preview(cert.subject.rfc4514_string(), _NAME_CHARS)}"
+    except Exception:  # cryptography raises even KeyError on some mangled names; the name
+        # is only a label and must not hide the failure being reported.
+        label = "a certificate with an unreadable subject"
+    return AttestationError(f"step 3 (certificate chain): {label} {problem}")
 
 
 def _check_validity(cert: x509.Certificate, now: datetime) -> None:

@@ -40,6 +40,8 @@ MANDATORY = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundl
 AWS_ROOT = x509.load_pem_x509_certificate((NITRO / "aws_nitro_enclaves_root_G1.pem").read_bytes())
 #: Throwaway PKI time: inside the first real document's window, so its payload's story holds.
 FORGED_NOW = datetime(2022, 10, 13, 9, 0, tzinfo=UTC)
+#: cryptography warns about the non-positive serials that mangled certificates may hold.
+QUIET_SERIALS = pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
 
 
 @cache
@@ -622,7 +624,8 @@ def test_random_bytes_raise_only_attestation_error(data: bytes) -> None:
         verify(data)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@QUIET_SERIALS
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(ALL),
     edits=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=6),
@@ -643,6 +646,57 @@ def test_mutated_real_documents_raise_only_attestation_error(
     if bytes(data) == original:
         return  # the edits rewrote bytes to their own values: nothing was tampered with
     with pytest.raises(AttestationError):
+        verify(bytes(data), now=_time(name), allow_debug=True)
+
+
+def _certificate_spans(name: str) -> list[tuple[int, int]]:
+    """Where each certificate's DER lies inside a real document (found via cbor2's decoding)."""
+    document, payload = _document(name), _payload(name)
+    spans = []
+    for der in [payload["certificate"], *payload["cabundle"]]:
+        start = document.index(der)
+        spans.append((start, start + len(der)))
+    return spans
+
+
+@QUIET_SERIALS
+@pytest.mark.parametrize("name", ALL)
+def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name: str) -> None:
+    # The first bytes of a certificate hold the DER heads, version, serial and algorithm: the
+    # parser's trickiest input. Values 0x00, 0x03, 0x7c and 0xff cover zero, a plausible
+    # version, an invalid version and a long-form length.
+    original = _document(name)
+    for start, _ in _certificate_spans(name):
+        for offset in range(48):
+            for value in (0x00, 0x03, 0x7C, 0xFF):
+                if original[start + offset] == value:
+                    continue
+                data = bytearray(original)
+                data[start + offset] = value
+                with pytest.raises(AttestationError, match=r"^step [34] "):
+                    verify(bytes(data), now=_time(name), allow_debug=True)
+
+
+@QUIET_SERIALS
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(ALL),
+    which=st.integers(0, 4),
+    edits=st.lists(st.tuples(st.integers(0, 1023), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_mangled_certificates_raise_only_attestation_error(
+    name: str, which: int, edits: list[tuple[int, int]]
+) -> None:
+    # Byte edits inside one certificate keep every CBOR length intact, so steps 1 and 2 pass and
+    # the mangled DER reaches cryptography's X.509 parser in step 3.
+    original = _document(name)
+    start, end = _certificate_spans(name)[which]
+    data = bytearray(original)
+    for offset, value in edits:
+        data[start + offset % (end - start)] = value
+    if bytes(data) == original:
+        return  # the edits rewrote bytes to their own values: nothing was tampered with
+    with pytest.raises(AttestationError, match=r"^step [34] "):
         verify(bytes(data), now=_time(name), allow_debug=True)
 
 
