@@ -463,6 +463,10 @@ def _step5_caller_checks(
             )
         _log.warning("attestation: UNSAFE: accepting a debug-mode enclave (allow_debug=True)")
     for index, expected in sorted((expected_pcrs or {}).items()):
+        if not isinstance(expected, bytes):
+            raise AttestationError(
+                f"verify(expected_pcrs=...): PCR{index} must be bytes, e.g. bytes.fromhex(...)"
+            )
         actual = document.pcrs.get(index)
         if actual is None:
             raise AttestationError(f"step 5 (caller checks): the document has no PCR{index}")
@@ -474,6 +478,8 @@ def _step5_caller_checks(
                 "the expected value"
             )
     if nonce is not None:
+        if not isinstance(nonce, bytes):
+            raise AttestationError("verify(nonce=...) must be bytes, the nonce sent to the enclave")
         if document.nonce is None:
             raise AttestationError(
                 "step 5 (caller checks): the document carries no nonce but one was expected; "

@@ -334,6 +334,15 @@ def test_expected_nonce_with_none_in_the_document_fails_step5() -> None:
         verify(_document(DEBUG), now=_time(DEBUG), nonce=b"challenge", allow_debug=True)
 
 
+def test_expected_values_that_are_not_bytes_are_refused_with_a_fix() -> None:
+    name = PRODUCTION[0]
+    pcr0_hex = _expected_pcrs(name)[0].hex()
+    with pytest.raises(AttestationError, match=r"PCR0 must be bytes, e\.g\. bytes\.fromhex"):
+        verify(_document(name), now=_time(name), expected_pcrs={0: pcr0_hex})  # type: ignore[dict-item]
+    with pytest.raises(AttestationError, match=r"nonce=\.\.\.\) must be bytes"):
+        verify(_document(name), now=_time(name), nonce="challenge")  # type: ignore[arg-type]
+
+
 def test_naive_now_is_refused() -> None:
     name = PRODUCTION[0]
     with pytest.raises(AttestationError, match="timezone-aware"):
