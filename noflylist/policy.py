@@ -1,0 +1,296 @@
+"""A least-privilege KMS key policy for the no-fly list's key, as pure functions.
+
+:func:`key_policy` returns the *whole* key policy: give its JSON to ``aws kms put-key-policy
+--policy-name default`` as it is. Every statement has a fixed ``Sid``, so generating the policy
+again for a new image and putting it replaces the statements instead of adding to them.
+
+What the policy says, statement by statement:
+
+1. ``KeyAdministration``: the admin role manages the key (describe, enable, disable, tag,
+   rotate, schedule deletion, change this policy) but is given no cryptographic operation;
+2. ``EnclaveDecryptWithAttestedImage``: the enclave's instance role may ``kms:Decrypt`` only
+   with a signed attestation document whose PCRs equal the given measurements
+   (``kms:RecipientAttestation:PCR<n>``, AWS KMS Developer Guide, "Condition keys for Nitro
+   Enclaves"); several values for one PCR mean any of them (rolling deploys);
+3. ``DenyEnclaveDecryptWithoutAttestation``: an explicit Deny for the enclave role when the
+   request carries no attestation (``kms:RecipientAttestation:ImageSha384`` is absent), so the
+   instance role's credentials alone, stolen from the parent instance, decrypt nothing;
+4. ``OperatorSeal`` (optional): the operator role may ``kms:GenerateDataKey`` and
+   ``kms:Encrypt``, which ``noflylist seal`` needs, and nothing else;
+5. ``DenyDecryptToAdministrationAndOperator``: an explicit Deny of ``kms:Decrypt`` for the
+   admin and operator roles, so "they cannot decrypt" is written down, not merely implied.
+
+Deliberately absent: the usual statement that delegates to the account's IAM policies
+(``arn:aws:iam::ACCOUNT:root``), so no IAM policy can widen this one; ``Principal: "*"``; and
+``kms:ReEncrypt*``/``kms:CreateGrant`` for anyone but the admin (``kms:Create*`` lets the admin
+create grants; it may also rewrite this policy, so it is trusted with the key's future either
+way, and CloudTrail records both). ``Resource`` is ``"*"`` because a key policy applies only
+to its own key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+from enclave.errors import EnclaveError
+
+__all__ = [
+    "SHA384_HEX_CHARS",
+    "PolicyError",
+    "key_policy",
+    "measurements_from_describe_eif",
+    "parse_pcr",
+]
+
+#: Nitro PCRs are SHA-384 digests: 48 bytes, 96 hexadecimal characters.
+SHA384_HEX_CHARS = 96
+#: KMS condition keys exist for PCR0 to PCR31 (the NSM's bank has 32 registers).
+MAX_PCR_INDEX = 31
+#: PCR0 is the enclave image: the policy is meaningless without it.
+IMAGE_PCR = 0
+#: KMS refuses key policies larger than 32 KiB (AWS KMS quotas, "Key policy document size").
+MAX_POLICY_BYTES = 32 * 1024
+#: ``nitro-cli describe-eif`` prints a few KiB; a bigger file is not its output.
+MAX_DESCRIBE_EIF_BYTES = 1024 * 1024
+#: Untrusted or mistyped values quoted back in errors are cut to this many characters.
+_PREVIEW_CHARS = 80
+
+#: Everything that manages the key and nothing that uses it (AWS's "key administrators").
+ADMIN_ACTIONS = (
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+)
+#: What ``noflylist seal`` calls: a fresh data key, or a small secret encrypted directly.
+OPERATOR_ACTIONS = ("kms:GenerateDataKey", "kms:Encrypt")
+#: The only operation the enclave performs with the key.
+DECRYPT = "kms:Decrypt"
+#: Present exactly when a request carries a signed Nitro attestation document.
+_ATTESTED_IMAGE_KEY = "kms:RecipientAttestation:ImageSha384"
+_PCR_KEY = "kms:RecipientAttestation:PCR{}"
+
+_ACCOUNT = re.compile(r"[0-9]{12}")
+#: ``arn:<partition>:iam::<account>:role/<optional path/><name>``; names and paths use the
+#: characters IAM allows (IAM User Guide, "IAM identifiers"), names 1 to 64 of them.
+_ROLE_ARN = re.compile(
+    r"arn:(aws|aws-cn|aws-us-gov):iam::([0-9]{12}):role/(?:[\x21-\x7e]{0,510}/)?[\w+=,.@-]{1,64}",
+    re.ASCII,
+)
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+class PolicyError(EnclaveError):
+    """An input to the key policy is invalid; the message names the flag and what to give."""
+
+
+def parse_pcr(text: str, flag: str) -> tuple[int, bytes]:
+    """Parse ``N=HEX`` (a PCR index 0..31 and 96 hex characters) given to ``flag``."""
+    index_text, separator, value = text.partition("=")
+    if not separator or not index_text.isdigit() or not index_text.isascii():
+        raise PolicyError(
+            f"{flag}: expected N=HEX (e.g. 0=<96 hex characters>), got {_preview(text)}"
+        )
+    index = int(index_text)
+    if index > MAX_PCR_INDEX:
+        raise PolicyError(f"{flag}: PCR index {index} is out of range 0..{MAX_PCR_INDEX}")
+    return index, _pcr_value(value, f"{flag} {index}=")
+
+
+def key_policy(
+    *,
+    account: str,
+    admin_role: str,
+    enclave_role: str,
+    pcrs: Mapping[int, Sequence[bytes]],
+    operator_role: str | None = None,
+) -> dict[str, object]:
+    """Return the key policy (a JSON-ready dict) described in the module docstring.
+
+    ``pcrs`` maps a PCR index to the measurements accepted for it (any one of them); PCR0 is
+    required. All roles must be IAM role ARNs in ``account``; the enclave role must differ
+    from the others, since they may not decrypt and it may. Errors name the command-line flag.
+    """
+    _check_account(account)
+    admin = _check_role(admin_role, "--admin-role", account)
+    enclave = _check_role(enclave_role, "--enclave-role", account)
+    operator = (
+        None if operator_role is None else _check_role(operator_role, "--operator-role", account)
+    )
+    if enclave in (admin, operator):
+        raise PolicyError(
+            "--enclave-role must differ from --admin-role and --operator-role: the enclave's "
+            "role may decrypt and theirs may not"
+        )
+    measurements = _condition_values(pcrs)
+    statements: list[dict[str, object]] = [
+        _statement("KeyAdministration", "Allow", [admin], list(ADMIN_ACTIONS)),
+        _statement(
+            "EnclaveDecryptWithAttestedImage",
+            "Allow",
+            [enclave],
+            DECRYPT,
+            {"StringEqualsIgnoreCase": measurements},
+        ),
+        _statement(
+            "DenyEnclaveDecryptWithoutAttestation",
+            "Deny",
+            [enclave],
+            DECRYPT,
+            {"Null": {_ATTESTED_IMAGE_KEY: "true"}},
+        ),
+    ]
+    if operator is not None:
+        statements.append(_statement("OperatorSeal", "Allow", [operator], list(OPERATOR_ACTIONS)))
+    no_decrypt = [admin] if operator in (None, admin) else [admin, operator]
+    statements.append(
+        _statement("DenyDecryptToAdministrationAndOperator", "Deny", no_decrypt, DECRYPT)
+    )
+    policy: dict[str, object] = {
+        "Version": "2012-10-17",
+        "Id": "noflylist-key-policy",
+        "Statement": statements,
+    }
+    size = len(json.dumps(policy).encode())
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError(
+            f"--pcr: the policy would be {size} bytes; KMS takes at most {MAX_POLICY_BYTES}: "
+            "drop measurements of images no longer deployed"
+        )
+    return policy
+
+
+def measurements_from_describe_eif(text: str | bytes) -> dict[int, bytes]:
+    """PCR0 (and PCR8 when present) from ``nitro-cli describe-eif``/``build-enclave`` output.
+
+    The shape is ``{"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": hex,
+    "PCR1": hex, "PCR2": hex, ["PCR8": hex]}, ...}`` (Nitro Enclaves User Guide,
+    "nitro-cli describe-eif"); Enclaver prints the same ``Measurements`` object. PCR1 and PCR2
+    (kernel and boot ramfs, application) are implied by PCR0, which hashes the whole image.
+    """
+    flag = "--from-describe-eif"
+    if len(text) > MAX_DESCRIBE_EIF_BYTES:
+        raise PolicyError(f"{flag}: the file exceeds {MAX_DESCRIBE_EIF_BYTES} bytes")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        raise PolicyError(f"{flag}: not JSON; give the output of nitro-cli describe-eif") from None
+    measurements = document.get("Measurements") if isinstance(document, dict) else None
+    if not isinstance(measurements, dict):
+        raise PolicyError(
+            f'{flag}: no "Measurements" object; give the output of nitro-cli describe-eif'
+        )
+    algorithm = measurements.get("HashAlgorithm", "Sha384")
+    if not isinstance(algorithm, str) or not algorithm.startswith("Sha384"):
+        raise PolicyError(f"{flag}: HashAlgorithm {_preview(algorithm)} is not Sha384")
+    found: dict[int, bytes] = {}
+    for index in (IMAGE_PCR, 8):
+        value = measurements.get(f"PCR{index}")
+        if value is None and index != IMAGE_PCR:
+            continue
+        if not isinstance(value, str):
+            raise PolicyError(f"{flag}: Measurements.PCR{index} is missing or not a string")
+        found[index] = _pcr_value(value, f"{flag} Measurements.PCR{index}")
+    return found
+
+
+def _statement(
+    sid: str,
+    effect: str,
+    principals: list[str],
+    action: str | list[str],
+    condition: dict[str, dict[str, object]] | None = None,
+) -> dict[str, object]:
+    statement: dict[str, object] = {
+        "Sid": sid,
+        "Effect": effect,
+        "Principal": {"AWS": principals[0] if len(principals) == 1 else principals},
+        "Action": action,
+        "Resource": "*",
+    }
+    if condition is not None:
+        statement["Condition"] = condition
+    return statement
+
+
+def _condition_values(pcrs: Mapping[int, Sequence[bytes]]) -> dict[str, object]:
+    """``{"kms:RecipientAttestation:PCR<n>": hex | [hex, ...]}``, PCR0 first, lowercase hex."""
+    if not pcrs.get(IMAGE_PCR):
+        raise PolicyError(
+            "--pcr: PCR0 (the enclave image) is required: give --pcr 0=<96 hex characters> or "
+            "--from-describe-eif"
+        )
+    values: dict[str, object] = {}
+    for index in sorted(pcrs):
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_PCR_INDEX:
+            raise PolicyError(
+                f"--pcr: PCR index {_preview(index)} is out of range 0..{MAX_PCR_INDEX}"
+            )
+        unique: list[str] = []
+        for value in pcrs[index]:
+            if not isinstance(value, bytes) or len(value) * 2 != SHA384_HEX_CHARS:
+                raise PolicyError(f"--pcr: each PCR{index} value must be 48 bytes (SHA-384)")
+            if not any(value):
+                raise PolicyError(_zero_refusal(f"--pcr {index}="))
+            if value.hex() not in unique:
+                unique.append(value.hex())
+        if not unique:
+            raise PolicyError(f"--pcr: PCR{index} was given no value")
+        values[_PCR_KEY.format(index)] = unique[0] if len(unique) == 1 else unique
+    return values
+
+
+def _pcr_value(text: str, label: str) -> bytes:
+    if len(text) != SHA384_HEX_CHARS or not _HEX.fullmatch(text):
+        raise PolicyError(
+            f"{label}: expected {SHA384_HEX_CHARS} hexadecimal characters (a SHA-384 PCR), "
+            f"got {len(text)} characters"
+        )
+    value = bytes.fromhex(text)
+    if not any(value):
+        raise PolicyError(_zero_refusal(label))
+    return value
+
+
+def _zero_refusal(label: str) -> str:
+    return (
+        f"{label}: an all-zero PCR is what every debug-mode enclave reports (its parent can "
+        "read its memory); pinning it would admit them all: use the production image's value"
+    )
+
+
+def _check_account(account: str) -> None:
+    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+        raise PolicyError(f"--account: expected a 12-digit AWS account id, got {_preview(account)}")
+
+
+def _check_role(arn: str, flag: str, account: str) -> str:
+    match = _ROLE_ARN.fullmatch(arn) if isinstance(arn, str) else None
+    if match is None:
+        raise PolicyError(
+            f"{flag}: expected an IAM role ARN (arn:aws:iam::<account>:role/<name>), got "
+            f"{_preview(arn)}"
+        )
+    if match.group(2) != account:
+        raise PolicyError(
+            f"{flag}: the role belongs to account {match.group(2)}, not --account {account}; "
+            "this policy does not grant access across accounts"
+        )
+    return arn
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 1] + "…"
