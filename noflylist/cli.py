@@ -170,6 +170,33 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+# -- demo --------------------------------------------------------------------------------
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run everything locally with the enclave simulator (not secure)",
+        description="Start the local KMS and simulated NSM, seal the public demo's sample "
+        "list and serve it on 127.0.0.1 in simulated mode.",
+    )
+    demo.add_argument("--port", type=int, default=8001, help="port to listen on (default 8001)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument(
+        "--state",
+        default=None,
+        help="simulator state folder (default $XDG_STATE_HOME/noflylist/demo)",
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from noflylist.demo import default_state_folder, run_demo
+
+    setup_logging()
+    state = Path(args.state) if args.state else default_state_folder()
+    return run_demo(port=args.port, state=state, host=args.host)
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -182,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(commands)
     _add_seal(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -193,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"serve": _serve, "seal": _seal}
+    commands = {"serve": _serve, "seal": _seal, "demo": _demo}
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
