@@ -82,7 +82,9 @@ def normalize(name: str) -> str:
     follow the Unicode version of the running Python, which is the same at load and lookup.
     """
     folded = unicodedata.normalize("NFKC", name).casefold()
-    without_space = "".join(ch for ch in folded if not ch.isspace())
+    # str.split() with no argument splits on exactly the characters for which str.isspace()
+    # is true; joining the pieces drops them, as the public demo did.
+    without_space = "".join(folded.split())
     return unicodedata.normalize("NFKC", without_space)
 
 
