@@ -1,0 +1,489 @@
+"""Proof for noflylist/policy.py and ``noflylist policy``: the key policy says what it must.
+
+The measurements are real: PCR0 and PCR8 of the AWS-signed documents in tests/vectors/nitro
+(see expected.json), not values this code made. The last tests put the generated policy on
+a key of the simulator's local KMS and show it allowing and denying the calls it should.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enclave.errors import EnclaveError
+from noflylist import policy
+from noflylist.trust import add_commands
+from tests.conftest import VECTORS
+
+_EXPECTED = json.loads((VECTORS / "nitro" / "expected.json").read_text())
+PCR0_OLD = _EXPECTED["production-2022-10-13.cbor"]["pcr0_hex"]
+PCR0_NEW = _EXPECTED["production-2023-01-18.cbor"]["pcr0_hex"]
+PCR8_NEW = _EXPECTED["production-2023-01-18.cbor"]["pcrs_nonzero"]["8"]
+PCR1_NEW = _EXPECTED["production-2023-01-18.cbor"]["pcrs_nonzero"]["1"]
+ACCOUNT = "111122223333"
+ADMIN = f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin"
+ENCLAVE = f"arn:aws:iam::{ACCOUNT}:role/enclave/ScreeningInstance"
+OPERATOR = f"arn:aws:iam::{ACCOUNT}:role/ListOperator"
+SIDS = [
+    "KeyAdministration",
+    "EnclaveDecryptWithAttestedImage",
+    "DenyEnclaveDecryptWithoutAttestation",
+    "OperatorSeal",
+    "DenyDecryptToAdministrationAndOperator",
+]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The command line as ``noflylist.cli.main`` runs it: our errors become one line, exit 1."""
+    parser = argparse.ArgumentParser(prog="noflylist")
+    handlers = add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    try:
+        status = handlers[args.command](args)
+    except EnclaveError as exc:
+        print(f"noflylist {args.command}: {exc}", file=sys.stderr)
+        status = 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def base_args(*extra: str) -> list[str]:
+    return [
+        "policy",
+        "--account", ACCOUNT,
+        "--admin-role", ADMIN,
+        "--enclave-role", ENCLAVE,
+        "--operator-role", OPERATOR,
+        *extra,
+    ]  # fmt: skip
+
+
+def statements(document: dict[str, object]) -> dict[str, dict[str, object]]:
+    listed = document["Statement"]
+    assert isinstance(listed, list)
+    return {s["Sid"]: s for s in listed}
+
+
+def principals(statement: dict[str, object]) -> list[str]:
+    principal = statement["Principal"]
+    assert isinstance(principal, dict) and set(principal) == {"AWS"}
+    value = principal["AWS"]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def actions(statement: dict[str, object]) -> list[str]:
+    value = statement["Action"]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def allows(document: dict[str, object], principal: str, action: str) -> bool:
+    """Does any Allow statement name ``principal`` and an action pattern matching ``action``?"""
+    return any(
+        s["Effect"] == "Allow"
+        and principal in principals(s)
+        and any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions(s))
+        for s in statements(document).values()
+    )
+
+
+# -- the document ------------------------------------------------------------------------------
+
+
+def test_cli_prints_json_with_exact_condition_keys_and_operators(capsys):
+    status, out, err = run(base_args("--pcr", f"0={PCR0_NEW}"), capsys)
+    assert status == 0, err
+    document = json.loads(out)
+    assert document["Version"] == "2012-10-17"
+    by_sid = statements(document)
+    assert list(by_sid) == SIDS
+    decrypt = by_sid["EnclaveDecryptWithAttestedImage"]
+    assert decrypt["Effect"] == "Allow" and principals(decrypt) == [ENCLAVE]
+    assert decrypt["Action"] == "kms:Decrypt" and decrypt["Resource"] == "*"
+    assert decrypt["Condition"] == {
+        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCR0_NEW}
+    }
+    deny = by_sid["DenyEnclaveDecryptWithoutAttestation"]
+    assert deny["Effect"] == "Deny" and principals(deny) == [ENCLAVE]
+    assert deny["Action"] == "kms:Decrypt"
+    assert deny["Condition"] == {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}
+    seal = by_sid["OperatorSeal"]
+    assert sorted(actions(seal)) == ["kms:Encrypt", "kms:GenerateDataKey"]
+    assert out.startswith("{\n  ")  # indented for a reviewer
+
+
+def test_several_pcr0_values_become_a_list_that_accepts_any_of_them(capsys):
+    status, out, _ = run(
+        base_args(
+            "--pcr", f"0={PCR0_OLD}", "--pcr", f"0={PCR0_NEW.upper()}", "--pcr", f"0={PCR0_OLD}"
+        ),
+        capsys,
+    )
+    assert status == 0
+    condition = statements(json.loads(out))["EnclaveDecryptWithAttestedImage"]["Condition"]
+    # Duplicates (in any case) collapse; order is as given; hex is lower case as KMS reports it.
+    assert condition == {
+        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": [PCR0_OLD, PCR0_NEW]}
+    }
+
+
+def test_pcr8_adds_a_second_condition_key_that_must_also_match(capsys):
+    status, out, _ = run(base_args("--pcr", f"8={PCR8_NEW}", "--pcr", f"0={PCR0_NEW}"), capsys)
+    assert status == 0
+    condition = statements(json.loads(out))["EnclaveDecryptWithAttestedImage"]["Condition"]
+    assert condition == {
+        "StringEqualsIgnoreCase": {
+            "kms:RecipientAttestation:PCR0": PCR0_NEW,
+            "kms:RecipientAttestation:PCR8": PCR8_NEW,
+        }
+    }
+
+
+def test_no_statement_names_a_wildcard_principal_and_all_resources_are_the_key_itself():
+    document = policy.key_policy(
+        account=ACCOUNT,
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
+    )
+    for statement in statements(document).values():
+        assert all("*" not in arn for arn in principals(statement)), statement["Sid"]
+        assert statement["Resource"] == "*"
+    assert '"*"' not in json.dumps([s["Principal"] for s in statements(document).values()])
+    assert ":root" not in json.dumps(document)  # no delegation to the account's IAM policies
+
+
+@pytest.mark.parametrize("role", [ADMIN, OPERATOR])
+@pytest.mark.parametrize("action", ["kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo"])
+def test_admin_and_operator_are_never_allowed_to_decrypt_and_are_explicitly_denied(role, action):
+    document = policy.key_policy(
+        account=ACCOUNT,
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
+    )
+    assert not allows(document, role, action)
+    deny = statements(document)["DenyDecryptToAdministrationAndOperator"]
+    assert deny["Effect"] == "Deny" and role in principals(deny) and deny["Action"] == "kms:Decrypt"
+    assert ENCLAVE not in principals(deny)
+
+
+def test_admin_manages_the_key_and_the_operator_seals():
+    document = policy.key_policy(
+        account=ACCOUNT,
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
+    )
+    for action in ("kms:PutKeyPolicy", "kms:ScheduleKeyDeletion", "kms:DescribeKey"):
+        assert allows(document, ADMIN, action)
+    for action in ("kms:GenerateDataKey", "kms:Encrypt"):
+        assert allows(document, OPERATOR, action) and not allows(document, ADMIN, action)
+    assert not allows(document, OPERATOR, "kms:PutKeyPolicy")
+    assert not allows(document, ENCLAVE, "kms:GenerateDataKey")
+
+
+def test_without_operator_role_there_is_no_seal_statement_and_the_sids_keep_their_names():
+    document = policy.key_policy(
+        account=ACCOUNT, admin_role=ADMIN, enclave_role=ENCLAVE, pcrs={0: [b"\x01" * 48]}
+    )
+    assert list(statements(document)) == [sid for sid in SIDS if sid != "OperatorSeal"]
+    assert principals(statements(document)["DenyDecryptToAdministrationAndOperator"]) == [ADMIN]
+
+
+hex48 = st.binary(min_size=48, max_size=48).filter(any)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.integers(0, 31), st.lists(hex48, min_size=1, max_size=4), min_size=0, max_size=4
+    ),
+    st.lists(hex48, min_size=1, max_size=4),
+)
+def test_sids_are_stable_and_every_given_measurement_appears_once(extra, pcr0_values):
+    pcrs = {**extra, 0: pcr0_values}
+    document = policy.key_policy(
+        account=ACCOUNT, admin_role=ADMIN, enclave_role=ENCLAVE, operator_role=OPERATOR, pcrs=pcrs
+    )
+    assert list(statements(document)) == SIDS
+    condition = statements(document)["EnclaveDecryptWithAttestedImage"]["Condition"]
+    values = condition["StringEqualsIgnoreCase"]
+    assert list(values) == [f"kms:RecipientAttestation:PCR{i}" for i in sorted(pcrs)]
+    for index, given_values in pcrs.items():
+        got = values[f"kms:RecipientAttestation:PCR{index}"]
+        got_list = [got] if isinstance(got, str) else got
+        assert got_list == list(dict.fromkeys(v.hex() for v in given_values))
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+GOOD = {
+    "--account": ACCOUNT,
+    "--admin-role": ADMIN,
+    "--enclave-role": ENCLAVE,
+    "--operator-role": OPERATOR,
+}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--account", "11112222333", "--account"),
+        ("--account", "11112222333x", "--account"),
+        ("--admin-role", f"arn:aws:iam::{ACCOUNT}:user/bob", "--admin-role"),
+        ("--admin-role", "KeyAdmin", "--admin-role"),
+        ("--enclave-role", "arn:aws:iam::999988887777:role/Screening", "--enclave-role"),
+        ("--enclave-role", ADMIN, "--enclave-role"),
+        ("--operator-role", f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc", "--operator-role"),
+        ("--operator-role", ENCLAVE, "--enclave-role"),
+        ("--pcr", f"0={PCR0_NEW[:-2]}", "--pcr"),
+        ("--pcr", f"0={PCR0_NEW[:-1]}g", "--pcr"),
+        ("--pcr", f"32={PCR0_NEW}", "--pcr"),
+        ("--pcr", f"-1={PCR0_NEW}", "--pcr"),
+        ("--pcr", PCR0_NEW, "--pcr"),
+        ("--pcr", "0=" + "0" * 96, "--pcr"),
+        ("--pcr", f"8={PCR8_NEW}", "--pcr"),  # PCR0 is missing
+    ],
+)
+def test_bad_inputs_are_refused_naming_the_flag(flag, value, named, capsys):
+    values = {**GOOD, "--pcr": f"0={PCR0_NEW}", flag: value}
+    argv = ["policy", *(f"{name}={text}" for name, text in values.items())]
+    status, out, err = run(argv, capsys)
+    assert status == 1 and out == ""
+    assert err.startswith(f"noflylist policy: {named}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_policy_larger_than_kms_accepts_is_refused():
+    many = [hashlib.sha384(str(i).encode()).digest() for i in range(400)]
+    with pytest.raises(policy.PolicyError, match="at most 32768"):
+        policy.key_policy(account=ACCOUNT, admin_role=ADMIN, enclave_role=ENCLAVE, pcrs={0: many})
+
+
+# -- --from-describe-eif ------------------------------------------------------------------------
+
+
+def describe_eif(tmp_path: Path, **measurements: str) -> Path:
+    """A file shaped like ``nitro-cli describe-eif`` output (Nitro Enclaves User Guide)."""
+    path = tmp_path / "describe-eif.json"
+    document = {
+        "EifVersion": 4,
+        "Measurements": {"HashAlgorithm": "Sha384 { ... }", **measurements},
+        "IsSigned": "PCR8" in measurements,
+        "CheckCRC": True,
+        "ImageName": "noflylist",
+        "ImageVersion": "1.0",
+        "Metadata": {"BuildTime": "2023-01-18T13:00:00.000000000+00:00"},
+    }
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def test_from_describe_eif_takes_pcr0_and_pcr8_and_adds_them_to_given_values(tmp_path, capsys):
+    eif = describe_eif(tmp_path, PCR0=PCR0_NEW, PCR1=PCR1_NEW, PCR2=PCR1_NEW, PCR8=PCR8_NEW)
+    status, out, err = run(
+        base_args("--pcr", f"0={PCR0_OLD}", "--from-describe-eif", str(eif)), capsys
+    )
+    assert status == 0, err
+    condition = statements(json.loads(out))["EnclaveDecryptWithAttestedImage"]["Condition"]
+    assert condition == {
+        "StringEqualsIgnoreCase": {
+            "kms:RecipientAttestation:PCR0": [PCR0_OLD, PCR0_NEW],
+            "kms:RecipientAttestation:PCR8": PCR8_NEW,
+        }
+    }
+
+
+def test_from_describe_eif_alone_is_enough_and_pcr1_pcr2_are_not_pinned(tmp_path):
+    eif = describe_eif(tmp_path, PCR0=PCR0_NEW, PCR1=PCR1_NEW, PCR2=PCR1_NEW)
+    assert policy.measurements_from_describe_eif(eif.read_bytes()) == {0: bytes.fromhex(PCR0_NEW)}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        json.dumps({"PCR0": PCR0_NEW}),
+        json.dumps({"Measurements": {"HashAlgorithm": "Sha256 { ... }", "PCR0": PCR0_NEW}}),
+        json.dumps({"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR1": PCR1_NEW}}),
+        json.dumps({"Measurements": {"PCR0": "EXAMPLE" + PCR0_NEW[7:]}}),  # the docs' example
+        json.dumps({"Measurements": {"PCR0": PCR0_NEW, "PCR8": 8}}),
+    ],
+)
+def test_from_describe_eif_refuses_other_shapes_naming_the_flag(tmp_path, capsys, content):
+    path = tmp_path / "eif.json"
+    path.write_text(content)
+    status, out, err = run(base_args("--from-describe-eif", str(path)), capsys)
+    assert status == 1 and out == ""
+    assert err.startswith("noflylist policy: --from-describe-eif"), err
+
+
+def test_from_describe_eif_missing_file_is_named(tmp_path, capsys):
+    status, _, err = run(base_args("--from-describe-eif", str(tmp_path / "nope.json")), capsys)
+    assert status == 1 and "--from-describe-eif" in err and "nope.json" in err
+
+
+# -- evaluation by the local KMS --------------------------------------------------------------
+
+GOOD_PCR0 = hashlib.sha384(b"the enclave image the policy pins").digest()
+OTHER_PCR0 = hashlib.sha384(b"some other enclave image").digest()
+
+
+class _Fixed:
+    """A credential source that always returns the same credentials."""
+
+    def __init__(self, credentials: object) -> None:
+        self._credentials = credentials
+
+    def get(self):  # type: ignore[no-untyped-def]
+        return self._credentials
+
+
+@pytest.fixture(scope="module")
+def local_kms(tmp_path_factory) -> Iterator[tuple[object, object, str]]:
+    """A LocalKMS holding one key under the generated policy: (kms, ca, key ARN)."""
+    kms_server = pytest.importorskip(
+        "enclave.simulator.kms_server", reason="the local KMS (enclave/simulator) is not here"
+    )
+    from enclave.simulator.ca import load_or_create
+
+    folder = tmp_path_factory.mktemp("trust-kms")
+    ca = load_or_create(folder / "ca")
+    document = policy.key_policy(
+        account="111122223333",
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [GOOD_PCR0]},
+    )
+    with kms_server.LocalKMS(folder / "kms", simulator_root=ca.root) as kms:
+        key_arn = kms.create_key(ADMIN, policy_document=json.dumps(document))
+        yield kms, ca, key_arn
+
+
+def _client(kms, role: str):  # type: ignore[no-untyped-def]
+    from enclave.kms import KMSClient
+
+    return KMSClient(kms.region, _Fixed(kms.create_credentials(role)), endpoint=kms.url)
+
+
+def _sealed_data_key(local_kms) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    kms, _, key_arn = local_kms
+    data_key = _client(kms, OPERATOR).generate_data_key(key_arn)
+    assert data_key.plaintext is not None and len(data_key.plaintext) == 32
+    return data_key.ciphertext_blob, data_key.plaintext
+
+
+def _attested_decrypt(local_kms, **nsm_options):  # type: ignore[no-untyped-def]
+    from enclave.attested import AttestedDecryptor
+    from enclave.simulator.nsm import SimulatedNSM
+
+    kms, ca, key_arn = local_kms
+    blob, plaintext = _sealed_data_key(local_kms)
+    module = SimulatedNSM(ca, **nsm_options)
+    decryptor = AttestedDecryptor(_client(kms, ENCLAVE), module, mode="simulated")
+    return decryptor.decrypt(blob, key_id=key_arn), plaintext
+
+
+def test_local_kms_lets_the_enclave_role_with_the_pinned_pcr0_decrypt(local_kms):
+    opened, plaintext = _attested_decrypt(local_kms, pcr0=GOOD_PCR0)
+    assert opened == plaintext
+
+
+@pytest.mark.parametrize(
+    "nsm_options",
+    [{"pcr0": OTHER_PCR0}, {"pcr0": GOOD_PCR0, "debug": True}],
+    ids=["another image", "debug mode (PCR0 zero)"],
+)
+def test_local_kms_denies_the_enclave_role_with_another_image_or_debug_mode(local_kms, nsm_options):
+    from enclave.kms import KMSError
+
+    with pytest.raises(KMSError) as caught:
+        _attested_decrypt(local_kms, **nsm_options)
+    assert caught.value.code == "AccessDeniedException"
+
+
+def test_local_kms_denies_the_enclave_role_without_attestation(local_kms):
+    from enclave.kms import KMSError
+
+    kms, _, key_arn = local_kms
+    blob, _ = _sealed_data_key(local_kms)
+    with pytest.raises(KMSError) as caught:
+        _client(kms, ENCLAVE).decrypt(blob, key_id=key_arn)
+    assert caught.value.code == "AccessDeniedException"
+
+
+@pytest.mark.parametrize("role", [OPERATOR, ADMIN])
+def test_local_kms_denies_decrypt_to_the_operator_and_admin(local_kms, role):
+    from enclave.kms import KMSError
+
+    kms, _, key_arn = local_kms
+    blob, _ = _sealed_data_key(local_kms)
+    with pytest.raises(KMSError) as caught:
+        _client(kms, role).decrypt(blob, key_id=key_arn)
+    assert caught.value.code == "AccessDeniedException"
+
+
+def test_local_kms_lets_the_operator_encrypt_but_not_the_admin(local_kms):
+    from enclave.kms import KMSError
+
+    kms, _, key_arn = local_kms
+    assert _client(kms, OPERATOR).encrypt(key_arn, b"a small secret")
+    with pytest.raises(KMSError) as caught:
+        _client(kms, ADMIN).generate_data_key(key_arn)
+    assert caught.value.code == "AccessDeniedException"
+
+
+@pytest.mark.parametrize(
+    ("role", "pcrs"),
+    [(ENCLAVE, None), (ADMIN, None), (OPERATOR, None), (ADMIN, {0: GOOD_PCR0})],
+    ids=["enclave unattested", "admin unattested", "operator unattested", "admin attested"],
+)
+def test_explicit_denies_hold_even_when_a_later_edit_allows_everything(role, pcrs):
+    """Someone appends "allow kms:* to all three roles": the Deny statements still decide."""
+    evaluator = pytest.importorskip(
+        "enclave.simulator.policy", reason="the local KMS's policy evaluator is not here"
+    )
+    document = policy.key_policy(
+        account=ACCOUNT,
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [GOOD_PCR0]},
+    )
+    widened = dict(document)
+    widened["Statement"] = [
+        *document["Statement"],  # type: ignore[misc]
+        {
+            "Sid": "CarelessEdit",
+            "Effect": "Allow",
+            "Principal": {"AWS": [ADMIN, ENCLAVE, OPERATOR]},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+    ]
+    key = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/00000000-0000-4000-8000-000000000000"
+    context = evaluator.condition_context(principal_arn=role, pcrs=pcrs)
+    decision = evaluator.evaluate(widened, evaluator.Request("kms:Decrypt", role, key, context))
+    assert not decision.allowed and decision.explicit_deny
+    # ...and the widening is real: without our Deny statements it would have allowed.
+    allow_only = {
+        **widened,
+        "Statement": [s for s in widened["Statement"] if s["Effect"] == "Allow"],
+    }
+    assert evaluator.evaluate(
+        allow_only, evaluator.Request("kms:Decrypt", role, key, context)
+    ).allowed
