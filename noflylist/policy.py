@@ -46,7 +46,7 @@ __all__ = [
 
 #: Nitro PCRs are SHA-384 digests: 48 bytes, 96 hexadecimal characters.
 SHA384_HEX_CHARS = 96
-#: KMS condition keys exist for PCR0 to PCR31 (the NSM's bank has 32 registers).
+#: Indices accepted for ``kms:RecipientAttestation:PCR<n>``: the NSM's bank holds 32 registers.
 MAX_PCR_INDEX = 31
 #: PCR0 is the enclave image: the policy is meaningless without it.
 IMAGE_PCR = 0

@@ -348,7 +348,7 @@ def _policy(args: argparse.Namespace) -> int:
         pcrs.setdefault(index, []).append(value)
     if args.from_describe_eif is not None:
         with _open(args.from_describe_eif, "--from-describe-eif") as handle:
-            data = _read_bounded(handle, args.from_describe_eif)
+            data = _read_bounded(handle, args.from_describe_eif, key_policy.MAX_DESCRIBE_EIF_BYTES)
         for index, value in key_policy.measurements_from_describe_eif(data).items():
             pcrs.setdefault(index, []).append(value)
     document = key_policy.key_policy(
@@ -375,7 +375,7 @@ def _open(path: str, flag: str) -> BinaryIO:
 def _read_bounded(handle: BinaryIO, label: str, limit: int = MAX_DOCUMENT_INPUT_BYTES) -> bytes:
     data = handle.read(limit + 1)
     if len(data) > limit:
-        raise TrustError(f"{label} is larger than {limit} bytes: not an attestation input")
+        raise TrustError(f"{label} is larger than {limit} bytes: not what this command reads")
     return data
 
 
