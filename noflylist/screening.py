@@ -17,7 +17,8 @@ What an auditor should be able to check here:
   without an early exit. (Python promises no cycle-exact timing; the point is that no code path
   depends on membership. ``bench/bench_screening.py`` measures the latencies.)
 * **Compact.** The slots live in one ``bytes`` buffer (a bucketed cuckoo table, 2 buckets x 4
-  slots), about 18 bytes a listed name instead of ~100 for a Python ``set`` of digests.
+  slots), about 18 bytes a listed name; a Python ``set`` of the names takes about 100
+  (``bench/README.md`` has the measurements).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _candidate_buckets(fingerprint: bytes, buckets: int) -> tuple[int, int]:
     """The two buckets a fingerprint may live in, taken from its own two halves.
 
     Deriving both from the stored fingerprint lets insertion move an entry to its other
-    bucket without knowing the name.
+    bucket without knowing the name. The two may coincide; a lookup then compares that bucket
+    twice, which keeps the work the same.
     """
     half = _FINGERPRINT_BYTES // 2
     first = int.from_bytes(fingerprint[:half], "little") % buckets
