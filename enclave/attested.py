@@ -14,7 +14,8 @@ The flow (AWS KMS Developer Guide, "How AWS Nitro Enclaves uses AWS KMS"):
 A fresh key per call means no long-lived private key exists to steal, and no answer
 recorded earlier can be replayed into a later process.
 
-How a process attests is chosen once, at start-up, and logged (:func:`make_decryptor`):
+How a process attests is chosen once, at start-up, and logged (:func:`open_module`,
+:func:`make_decryptor`):
 ``nsm`` (the production path), ``simulated`` (a local simulator's NSM; development and
 tests only) and ``unsafe-none`` (no attestation at all; for development against a real
 KMS from a laptop). There is no silent fallback from one to another.
@@ -129,10 +130,8 @@ class AttestationModeError(EnclaveError):
     """The requested attestation mode cannot be used here; the message says what to do."""
 
 
-def make_decryptor(
-    mode: str, kms: KMSClient, *, simulated_module: SecureModule | None = None
-) -> Decryptor:
-    """The decryptor for ``mode``, opened once at start-up and logged.
+def open_module(mode: str, *, simulated_module: SecureModule | None = None) -> SecureModule | None:
+    """The secure module for ``mode``: the NSM device, the simulator's, or none.
 
     ``nsm`` opens ``/dev/nsm`` now, so a missing device fails at start-up with the reason
     rather than at the first key fetch. ``simulated`` needs the simulator's NSM passed in
@@ -141,25 +140,36 @@ def make_decryptor(
     if mode == "nsm":
         from enclave.nsm import NitroSecureModule
 
-        log.info("attestation: nsm (/dev/nsm); KMS releases keys only to this enclave")
-        return AttestedDecryptor(kms, NitroSecureModule(), mode="nsm")
+        return NitroSecureModule()
     if mode == "simulated":
         if simulated_module is None:
             raise AttestationModeError(
                 "--attestation simulated needs the local enclave simulator "
-                "(use `noflylist demo`, which starts it)"
+                "(use `noflylist demo`, or pass --simulator-state)"
             )
+        return simulated_module
+    if mode == "unsafe-none":
+        return None
+    raise AttestationModeError(
+        f"unknown attestation mode {mode!r}; choose one of: {', '.join(MODES)}"
+    )
+
+
+def make_decryptor(mode: str, kms: KMSClient, module: SecureModule | None) -> Decryptor:
+    """The decryptor for ``mode`` and the module :func:`open_module` gave; logged once."""
+    if mode == "nsm" and module is not None:
+        log.info("attestation: nsm (/dev/nsm); KMS releases keys only to this enclave")
+        return AttestedDecryptor(kms, module, mode="nsm")
+    if mode == "simulated" and module is not None:
         log.warning(
             "SIMULATED attestation: documents come from a local simulator and prove nothing; "
             "for development and tests only"
         )
-        return AttestedDecryptor(kms, simulated_module, mode="simulated")
+        return AttestedDecryptor(kms, module, mode="simulated")
     if mode == "unsafe-none":
         log.warning(
             "UNSAFE: attestation disabled (--attestation unsafe-none); the data key will "
             "reach this process in clear. Never run this in production."
         )
         return UnsafeUnattestedDecryptor(kms)
-    raise AttestationModeError(
-        f"unknown attestation mode {mode!r}; choose one of: {', '.join(MODES)}"
-    )
+    raise AttestationModeError(f"attestation mode {mode!r} needs a secure module")

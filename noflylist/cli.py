@@ -2,7 +2,8 @@
 
 * ``serve``: the service (inside the enclave, or locally with the simulator);
 * ``seal``: the operator's tool that encrypts a list into an envelope;
-* ``demo``: everything at once on this machine, with the local enclave simulator.
+* ``demo``: everything at once on this machine, with the local enclave simulator;
+* ``verify``, ``check``, ``policy``: trust tools for clients and operators (:mod:`noflylist.trust`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from enclave.errors import EnclaveError
 from enclave.kms import DataKey
-from noflylist import __version__, envelope
+from noflylist import __version__, envelope, trust
 from noflylist.config import OPTIONS, build_serve_config
 
 log = logging.getLogger("noflylist")
@@ -200,7 +201,10 @@ def _demo(args: argparse.Namespace) -> int:
 # -- main --------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(
         prog="noflylist",
         description="Screen passengers against a secret no-fly list from inside a Nitro Enclave.",
@@ -210,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_seal(commands)
     _add_demo(commands)
-    return parser
+    handlers: dict[str, Handler] = {"serve": _serve, "seal": _seal, "demo": _demo}
+    handlers.update(trust.add_commands(commands))
+    return parser, handlers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,9 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors this project raises on purpose are printed as one line (their message names the
     cause and the fix), never as a traceback.
     """
-    parser = _parser()
+    parser, commands = _parser()
     args = parser.parse_args(argv)
-    commands = {"serve": _serve, "seal": _seal, "demo": _demo}
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
