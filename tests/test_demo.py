@@ -1,0 +1,113 @@
+"""`noflylist demo`, the README's first command, as a user runs it: a separate process that
+answers the public demo's questions, passes `noflylist check`, survives a restart on the same
+state folder, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Generous: the first start makes a CA and RSA keys on a loaded 2-core machine.
+START_TIMEOUT = 60.0
+
+
+@contextmanager
+def demo(state: Path) -> Iterator[tuple[str, str]]:
+    """Run `noflylist demo` on a free port; yield (base URL, PCR0 hex) once it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noflylist", "demo", "--port", "0", "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        base = pcr0 = None
+        deadline = time.monotonic() + START_TIMEOUT
+        assert process.stdout is not None
+        while (base is None or pcr0 is None) and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if found := re.search(r"sample list on (http://127\.0\.0\.1:\d+)", line):
+                base = found.group(1)
+            if found := re.search(r"PCR0 of this code: ([0-9a-f]{96})", line):
+                pcr0 = found.group(1)
+        assert base and pcr0, "demo did not start:\n" + "".join(output)
+        _wait_ready(base, deadline)
+        yield base, pcr0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, _ = process.communicate()
+        output.append(rest or "")
+        assert process.returncode == 0, "".join(output)
+        assert "stopped" in "".join(output)
+
+
+def _wait_ready(base: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("demo never became ready")
+
+
+def ask(base: str, name: str) -> str:
+    url = f"{base}/enclave/passenger?name={urllib.parse.quote(name)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with demo(state) as (base, pcr0):
+        assert ask(base, "Big Bird") == "Big Bird is on the no-fly list and CAN NOT BOARD!\n"
+        assert ask(base, "  COOKIE monster ") == (
+            "  COOKIE monster  is on the no-fly list and CAN NOT BOARD!\n"
+        )
+        assert ask(base, "foo") == "foo is cleared to fly. Enjoy your flight!\n"
+        checked = subprocess.run(
+            [
+                sys.executable, "-m", "noflylist", "check", base, "Big Bird",
+                "--expect-pcr", f"0={pcr0}", "--root", str(state / "ca" / "root.pem"),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        assert "Big Bird is on the no-fly list and CAN NOT BOARD!" in checked.stdout
+        refused = subprocess.run(
+            [
+                sys.executable, "-m", "noflylist", "check", base, "Big Bird",
+                "--expect-pcr", "0=" + "ab" * 48, "--root", str(state / "ca" / "root.pem"),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "CAN NOT BOARD" not in refused.stdout
+
+
+def test_demo_restarts_on_its_state_with_the_same_key(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with demo(state) as (base, _):
+        assert "CAN NOT BOARD" in ask(base, "elmo")
+    key = (state / "demo-key.json").read_text()
+    with demo(state) as (base, _):
+        assert "CAN NOT BOARD" in ask(base, "Elmo")
+    assert (state / "demo-key.json").read_text() == key
