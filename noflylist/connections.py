@@ -14,11 +14,13 @@ together, ``TCP_NODELAY``: no delayed-ACK stall on keep-alive).
 A connection has at most one request being answered, so pipelined requests are answered in
 order and the work queue never holds more entries than there are connections.
 
-The parser is strict (RFC 9112): CRLF line ends only, no obs-fold, no space before a
-header's colon, no control bytes, one ``Content-Length`` of digits, no ``Transfer-Encoding``,
-``Host`` required in HTTP/1.1. Anything else is refused with a status and the connection is
-closed, so no two parsers can disagree about where a request ends. It raises only
-:class:`RequestError`, and a request is either complete and checked or not dispatched.
+The parser is strict (RFC 9112): origin-form targets (``/path?query``) only, CRLF line ends
+only, no obs-fold, no space before a header's colon, no control bytes, one ``Content-Length``
+of digits, no ``Transfer-Encoding``, ``Host`` required in HTTP/1.1. Anything else is refused
+with a status and the connection is closed, so no two parsers can disagree about where a
+request ends. It raises only :class:`RequestError`, and a request is either complete and
+checked or not dispatched. The status tells the client which limit it hit: 414 (request
+line), 431 (head), 413 (body), 408 (too slow), 505 (version), 501 (chunked), 417 (Expect).
 
 Every limit is a module constant, read where it is applied (so tests can shorten them).
 """
@@ -68,6 +70,10 @@ LINGER_TIMEOUT = 2.0
 LINGER_BYTES = 1024 * 1024
 #: Open connections beyond this are closed as soon as they are accepted (fd exhaustion).
 MAX_CONNECTIONS = 4096
+#: Request bytes buffered across all connections. Past this, a connection holding more than
+#: a head's worth gets 503 and is closed: uploads are shed first, GETs keep working, and
+#: memory stays bounded (4096 connections x 384 KiB each would otherwise be 1.5 GiB).
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 #: Listen backlog: bursts of new connections wait in the kernel, not in Python.
 LISTEN_BACKLOG = 1024
 #: Bytes read per ``recv``: a whole head or a large body slice in one system call.
@@ -135,6 +141,7 @@ class Application(Protocol):
 # -- responses ---------------------------------------------------------------------------
 
 _date_cache: tuple[int, str] = (0, "")
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def _http_date() -> str:
@@ -163,7 +170,7 @@ def encode_response(
     response ends after its header fields, whatever Content-Length says.
     """
     lines = [
-        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        f"HTTP/1.1 {status} {_REASONS[status]}",
         f"Date: {_http_date()}",
         "Server: noflylist",
         f"Content-Type: {content_type}",
@@ -397,6 +404,7 @@ class ConnectionLoop:
         self._drain_deadline = 0.0
         self._accepting = True
         self._accept_resume = 0.0
+        self._buffered = 0  # bytes in all connections' buffers (see MAX_BUFFERED_BYTES)
 
     @property
     def open_connections(self) -> int:
@@ -530,6 +538,12 @@ class ConnectionLoop:
             connection.pending = True
             connection.deadline = time.monotonic() + REQUEST_TIMEOUT
         connection.buffer += data
+        self._buffered += len(data)
+        if self._buffered > MAX_BUFFERED_BYTES and len(connection.buffer) > MAX_HEAD_BYTES:
+            self._on_event("shed_over_memory")
+            reason = "the server is short of memory for request bodies; retry shortly"
+            self._write(connection, self._app.reject(503, reason), close=True)
+            return
         self._serve_connection(connection)
 
     def _serve_connection(self, connection: _Connection) -> None:
@@ -537,11 +551,14 @@ class ConnectionLoop:
         a response waits for the client to read, or :data:`PIPELINE_BATCH` were answered
         (then other connections get a turn first)."""
         for _ in range(PIPELINE_BATCH):
+            before = len(connection.buffer)
             try:
                 request = connection.take_request(time.monotonic())
             except RequestError as exc:
+                self._buffered -= before - len(connection.buffer)
                 self._write(connection, self._app.reject(exc.status, exc.reason), close=True)
                 return
+            self._buffered -= before - len(connection.buffer)
             if request is None:
                 head = connection.head
                 if head is not None and head.expect_continue and not connection.continue_sent:
@@ -559,6 +576,8 @@ class ConnectionLoop:
             response = self._answer(request)
             if not self._write(connection, response, close=not request.keep_alive):
                 return
+        # Read no more until the buffer is worked off, so a pipelining client cannot grow it.
+        self._watch(connection, 0)
         self._ready.append(connection)
 
     def _answer(self, request: Request) -> bytes:
@@ -626,6 +645,7 @@ class ConnectionLoop:
             self._close(connection)
             return
         connection.state = _LINGERING
+        self._buffered -= len(connection.buffer)
         connection.buffer.clear()
         connection.deadline = time.monotonic() + LINGER_TIMEOUT
         self._watch(connection, selectors.EVENT_READ)
@@ -676,6 +696,8 @@ class ConnectionLoop:
         if connection.closed:
             return
         connection.closed = True
+        self._buffered -= len(connection.buffer)
+        connection.buffer.clear()
         if connection.events:
             self._selector.unregister(connection.sock)
             connection.events = 0

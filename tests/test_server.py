@@ -384,15 +384,25 @@ def test_bad_manifests_are_refused_naming_the_index_not_the_value(
     check_security_headers(reply)
 
 
-def test_a_body_over_256_kib_gets_413_and_the_connection_closes(rig: Rig) -> None:
-    head = (
+def _upload_head(length: int) -> bytes:
+    return (
         "POST /v1/screen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {256 * 1024 + 1}\r\n\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     ).encode()
-    data, closed = exchange(rig.port, head)
+
+
+def _padded_manifest(length: int) -> bytes:
+    document = b'{"names": ["Big Bird"]}'
+    return document + b" " * (length - len(document))  # JSON allows trailing whitespace
+
+
+def test_a_body_over_256_kib_gets_413_and_the_connection_closes(rig: Rig) -> None:
+    data, closed = exchange(rig.port, _upload_head(256 * 1024 + 1))
     [reply] = parse_responses(data)
     assert reply.status == 413 and closed
     assert reply.headers["connection"] == "close"
+    limit = _padded_manifest(256 * 1024)
+    assert screen(rig.port, limit).status == 200  # the limit itself is allowed
 
 
 def test_expect_100_continue_gets_an_interim_response(rig: Rig) -> None:
@@ -676,6 +686,31 @@ def test_connections_over_the_cap_are_closed_at_once(monkeypatch: pytest.MonkeyP
         assert request(rig.port, "GET", "/healthz").status == 200
         for sock in held:
             sock.close()
+
+
+def test_uploads_are_shed_with_503_when_buffered_bytes_pass_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connections, "MAX_BUFFERED_BYTES", 150 * 1024)
+    length = 120 * 1024
+    body = _padded_manifest(length)
+    with running() as rig:
+        first = socket.create_connection(("127.0.0.1", rig.port), timeout=5)
+        first.sendall(_upload_head(length) + body[: 100 * 1024])
+        time.sleep(0.2)
+        received, closed = exchange(rig.port, _upload_head(length) + body[: 100 * 1024])
+        [shed] = parse_responses(received)
+        assert (shed.status, closed) == (503, True)
+        assert passenger(rig.port, "foo").status == 200  # small requests are not shed
+        first.sendall(body[100 * 1024 :])  # the first upload fits the budget: it completes
+        response = http.client.HTTPResponse(first)
+        response.begin()
+        assert response.status == 200 and json.loads(response.read())["results"][0]["listed"]
+        first.close()
+        # The shed and the finished uploads gave their bytes back: a new one fits.
+        assert screen(rig.port, body).status == 200
+        assert rig.metrics.events("noflylist_http_connections_closed_total",
+                                  "shed_over_memory") == 1
 
 
 # -- secrets: metrics and logs -------------------------------------------------------------
