@@ -28,6 +28,7 @@ Every limit is a module constant, read where it is applied (so tests can shorten
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import errno
 import http
@@ -38,6 +39,7 @@ import selectors
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -468,13 +470,8 @@ class ConnectionLoop:
                     self._accept()
                 elif key.data is self._wake_reader:
                     self._drain_wake()
-                elif key.data.closed:
-                    continue  # closed earlier in this batch
-                elif key.data.state == _WRITING:
-                    # By state, not by event mask: selectors reports a hang-up as both.
-                    self._on_writable(key.data)
-                else:
-                    self._on_readable(key.data)
+                elif not key.data.closed:  # else it was closed earlier in this batch
+                    self._on_event_guarded(key.data)
             self._finish_answered()
             for _ in range(len(self._ready)):
                 connection = self._ready.popleft()
@@ -494,6 +491,23 @@ class ConnectionLoop:
             elif not self._accepting and now >= self._accept_resume:
                 self._accepting = True
                 self._selector.register(self._listener, selectors.EVENT_READ, None)
+
+    def _on_event_guarded(self, connection: _Connection) -> None:
+        """Handle one ready connection; a bug costs that connection, not the service."""
+        try:
+            if connection.state == _WRITING:
+                # By state, not by event mask: selectors reports a hang-up as both.
+                self._on_writable(connection)
+            else:
+                self._on_readable(connection)
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "closing a connection after %s at %s:%s (a bug; please report it)",
+                type(exc).__name__, where.filename, where.lineno,
+            )
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self._close(connection)
 
     def _accept(self) -> None:
         while True:

@@ -589,6 +589,56 @@ def test_malformed_requests_get_an_error_and_close_and_the_server_goes_on(
     assert passenger(rig.port, "foo").status == 200
 
 
+class _ErrorRecorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_LINE_PIECES = st.sampled_from(
+    [b"GET", b"POST", b"PUT", b"get", b" ", b"  ", b"/", b"/healthz", b"/enclave/passenger",
+     b"/v1/screen", b"?name=", b"foo", b"%", b"%ZZ", b"%C3%28", b"+", b"&", b"*", b"http://x/",
+     b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"\n", b"\r", b":", b"Host: x", b"Content-Length: ",
+     b"0", b"5", b"-1", b"99999999999999999999", b"Transfer-Encoding: chunked",
+     b"Content-Type: application/json", b"Connection: close", b"Connection: keep-alive",
+     b"Expect: 100-continue", b"\x00", b"\x16\x03\x01", b"\xff", b"\t"]
+)
+#: A head: lines of pieces joined by CRLF and ended by an empty line, then maybe a body.
+_HEADS = st.tuples(
+    st.lists(st.lists(_LINE_PIECES, max_size=8).map(b"".join), min_size=1, max_size=6),
+    st.sampled_from([b"", b"{}", b'{"names": ["a"]}', b"\r\n", b"GET / HTTP/1.1\r\n\r\n"]),
+).map(lambda parts: b"\r\n".join(parts[0]) + b"\r\n\r\n" + parts[1])
+_FUZZ_STATUSES = {200, 400, 404, 405, 408, 413, 414, 415, 417, 431, 501, 505}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(_HEADS, st.binary(max_size=300)))
+def test_arbitrary_bytes_get_well_formed_answers_or_none_and_never_crash_the_server(
+    rig: Rig, data: bytes
+) -> None:
+    errors = _ErrorRecorder()
+    logging.getLogger().addHandler(errors)
+    try:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # the server sees the end: no waiting for a deadline
+            received = bytearray()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and (chunk := sock.recv(65536)):
+                received += chunk
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert errors.records == []  # e.g. no "closing a connection after IndexError"
+    replies = parse_responses(bytes(received).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b""))
+    for reply in replies:
+        assert reply.status in _FUZZ_STATUSES
+        check_security_headers(reply)
+        assert b"Traceback" not in reply.body
+
+
 def test_tls_on_the_plain_port_gets_400_at_once_and_the_server_goes_on(rig: Rig) -> None:
     # A real ClientHello from OpenSSL, the bytes an https:// client sends first.
     context = ssl.create_default_context()
