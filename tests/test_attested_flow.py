@@ -128,8 +128,13 @@ DENY_UNATTESTED = {
 # -- the flow ---------------------------------------------------------------------------------
 
 
+def image(module: SimulatedNSM) -> bytes:
+    """The PCR0 a simulated enclave reports (measured when it was made)."""
+    return module.describe_pcr(0).data
+
+
 def test_enclave_with_the_pinned_pcr0_gets_the_data_key(kms: LocalKMS, nsm: SimulatedNSM) -> None:
-    setup = Setup(kms, key_policy(enclave_may_decrypt(measure_pcr0())))
+    setup = Setup(kms, key_policy(enclave_may_decrypt(image(nsm))))
     assert setup.data_key.plaintext is not None and len(setup.data_key.plaintext) == 32
     assert setup.attested(nsm) == setup.data_key.plaintext
 
@@ -139,9 +144,11 @@ def test_policy_pinned_to_another_pcr0_is_access_denied(kms: LocalKMS, nsm: Simu
     assert setup.code_of_attested(nsm) == "AccessDeniedException"
 
 
-def test_debug_mode_enclave_is_denied_by_a_pcr0_policy(kms: LocalKMS, ca: SimulatedCA) -> None:
+def test_debug_mode_enclave_is_denied_by_a_pcr0_policy(
+    kms: LocalKMS, ca: SimulatedCA, nsm: SimulatedNSM
+) -> None:
     """Its document verifies (so not ValidationException); its zero PCR0 fails the policy."""
-    setup = Setup(kms, key_policy(enclave_may_decrypt(measure_pcr0())))
+    setup = Setup(kms, key_policy(enclave_may_decrypt(image(nsm))))
     assert setup.code_of_attested(SimulatedNSM(ca, debug=True)) == "AccessDeniedException"
 
 
@@ -183,9 +190,10 @@ class TamperedNSM(SimulatedNSM):
 
 
 def test_tampered_document_signature_is_refused(kms: LocalKMS, ca: SimulatedCA) -> None:
-    setup = Setup(kms, key_policy(enclave_may_decrypt(measure_pcr0())))
+    tampered = TamperedNSM(ca)
+    setup = Setup(kms, key_policy(enclave_may_decrypt(image(tampered))))
     with pytest.raises(KMSError) as refused:
-        setup.attested(TamperedNSM(ca))
+        setup.attested(tampered)
     assert refused.value.code == "ValidationException"
     assert "signature" in str(refused.value)
 
@@ -211,7 +219,7 @@ def test_unsafe_none_works_only_where_the_policy_allows_unattested_decryption(
     blob = setup.data_key.ciphertext_blob
     assert unsafe.decrypt(blob, encryption_context=CONTEXT) == setup.data_key.plaintext
 
-    strict = key_policy(enclave_may_decrypt(measure_pcr0()), DENY_UNATTESTED)
+    strict = key_policy(enclave_may_decrypt(image(nsm)), DENY_UNATTESTED)
     kms.put_key_policy(setup.key_arn, json.dumps(strict), principal_arn=OPERATOR)
     with pytest.raises(KMSError) as denied:
         unsafe.decrypt(blob, encryption_context=CONTEXT)
@@ -283,8 +291,8 @@ def _openssl_open(blob: bytes, recipient: tuple[Path, Path, bytes]) -> bytes:
 def test_openssl_opens_ciphertext_for_recipient_of_decrypt_and_generate_data_key(
     kms: LocalKMS, nsm: SimulatedNSM, openssl_recipient: tuple[Path, Path, bytes]
 ) -> None:
-    setup = Setup(kms, key_policy(enclave_may_decrypt(measure_pcr0()),
-                                  {**enclave_may_decrypt(measure_pcr0()),
+    setup = Setup(kms, key_policy(enclave_may_decrypt(image(nsm)),
+                                  {**enclave_may_decrypt(image(nsm)),
                                    "Action": "kms:GenerateDataKey"}))  # fmt: skip
     recipient = Recipient(nsm.attestation(public_key=openssl_recipient[2]))
     answer = setup.enclave.decrypt(setup.data_key.ciphertext_blob, encryption_context=CONTEXT,
@@ -308,7 +316,7 @@ def test_openssl_opens_ciphertext_for_recipient_of_decrypt_and_generate_data_key
 def test_botocore_parses_recipient_answers_without_plaintext(
     kms: LocalKMS, nsm: SimulatedNSM
 ) -> None:
-    setup = Setup(kms, key_policy(enclave_may_decrypt(measure_pcr0())))
+    setup = Setup(kms, key_policy(enclave_may_decrypt(image(nsm))))
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
