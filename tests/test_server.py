@@ -16,12 +16,14 @@ import secrets
 import socket
 import ssl
 import statistics
+import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +35,7 @@ from noflylist.metrics import Metrics
 from noflylist.screening import normalize
 from noflylist.server import RouteResponse, Server
 from noflylist.service import ListHolder
-from noflylist.sources import SourceError
+from noflylist.sources import FileSource, SourceError
 from tests.support.fake_kms import FakeDataKeys
 
 
@@ -57,27 +59,12 @@ def cleared_text(name: str) -> str:
     return f"{name} is cleared to fly. Enjoy your flight!\n"
 
 
-class MemorySource:
-    """An envelope held in memory: what a file or S3 would return."""
-
-    description = "memory (test)"
-    pollable = False
-
-    def __init__(self) -> None:
-        self.document: bytes | None = None
-
-    def fetch(self, *, only_if_changed: bool) -> bytes | None:
-        if self.document is None:
-            raise SourceError("the test source has no envelope yet")
-        return self.document
-
-
 @dataclass
 class Rig:
     server: Server
     holder: ListHolder
     metrics: Metrics
-    source: MemorySource
+    path: Path
     kms: FakeDataKeys
     thread: threading.Thread
 
@@ -86,26 +73,29 @@ class Rig:
         return self.server.address[1]
 
     def load(self, names: list[str] = LISTED, serial: int = SERIAL) -> None:
-        self.source.document = envelope.seal_v2(names, self.kms, "k", serial=serial)
+        self.path.write_bytes(envelope.seal_v2(names, self.kms, "k", serial=serial))
         self.holder.reload(only_if_changed=False)
 
 
 @contextmanager
 def running(*, load: bool = True, **options: Any) -> Iterator[Rig]:
-    kms, metrics, source = FakeDataKeys(), Metrics(), MemorySource()
-    holder = ListHolder(source, kms, metrics)
-    server = Server(holder, metrics, port=0, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    rig = Rig(server, holder, metrics, source, kms, thread)
-    if load:
-        rig.load()
-    try:
-        yield rig
-    finally:
-        server.shutdown(drain_timeout=2.0)
-        thread.join(timeout=5.0)
-        assert not thread.is_alive()
+    """A server on a free loopback port, its list from an envelope file (not yet written)."""
+    kms, metrics = FakeDataKeys(), Metrics()
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "envelope.json"
+        holder = ListHolder(FileSource(str(path)), kms, metrics)
+        server = Server(holder, metrics, port=0, **options)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        rig = Rig(server, holder, metrics, path, kms, thread)
+        if load:
+            rig.load()
+        try:
+            yield rig
+        finally:
+            server.shutdown(drain_timeout=2.0)
+            thread.join(timeout=5.0)
+            assert not thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +309,7 @@ def test_nothing_is_screened_before_a_list_is_loaded_then_everything_is() -> Non
             check_security_headers(reply)
         ready = request(rig.port, "GET", "/readyz")
         assert ready.status == 503
-        assert "the test source has no envelope yet" in ready.text
+        assert "cannot read envelope file" in ready.text
         assert request(rig.port, "GET", "/healthz").status == 200  # alive, just not ready
 
         rig.load()
