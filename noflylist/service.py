@@ -43,6 +43,9 @@ class ListInService:
     format: str
     envelope_sha256: bytes
     loaded_at: float
+    #: The source's version of the envelope in service (ETag, digest): polls ask for changes
+    #: relative to it, so an envelope that failed to load is tried again at the next poll.
+    source_version: str = ""
 
     @property
     def entries(self) -> int:
@@ -127,11 +130,13 @@ class ListHolder:
 
     def _load(self, *, only_if_changed: bool) -> ListInService | None:
         started = time.monotonic()
-        data = self.source.fetch(only_if_changed=only_if_changed and self.current is not None)
-        if data is None:
-            return None
-        digest = hashlib.sha256(data).digest()
         current = self.current
+        in_service = current.source_version if (only_if_changed and current) else None
+        fetched = self.source.fetch(unless_version=in_service)
+        if fetched is None:
+            return None
+        data = fetched.data
+        digest = hashlib.sha256(data).digest()
         if current is not None and digest == current.envelope_sha256:
             return None
         parsed = envelope.parse(data)
@@ -140,7 +145,9 @@ class ListHolder:
         table = ScreeningTable.build(names)
         del names
         log.info("envelope decrypted and table built in %.2f s", time.monotonic() - started)
-        return ListInService(table, parsed.serial, parsed.format, digest, time.time())
+        return ListInService(
+            table, parsed.serial, parsed.format, digest, time.time(), fetched.version
+        )
 
 
 def _check_not_older(parsed: envelope.Envelope, current: ListInService | None) -> None:

@@ -1,8 +1,10 @@
 """Where the envelope comes from: a file, ``s3://bucket/key`` or ``https://…``.
 
-Each source fetches the envelope's bytes and remembers what it last saw, so that a poll
-of an unchanged envelope is cheap: a ``304`` from S3 or the web server (conditional
-request with ``If-None-Match`` / ``If-Modified-Since``), or an unchanged digest for a file.
+Each fetch returns the envelope's bytes with a *version* (S3's ETag, the web server's ETag
+or Last-Modified, a file's digest). The caller polls with the version of the list *in
+service*, so an unchanged envelope costs a ``304`` (or a digest comparison), while a new
+envelope that failed to load is fetched and tried again at the next poll, not skipped as
+"seen". Sources keep no state of their own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import os
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,9 +23,19 @@ from enclave.kms import CredentialSource
 from enclave.s3 import S3Client, parse_s3_url
 from noflylist.envelope import MAX_ENVELOPE_BYTES
 
+_MODIFIED = "modified:"
+
 
 class SourceError(EnclaveError):
     """The envelope could not be fetched; the message names the source and the cause."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An envelope's bytes and the source's version of them (opaque, compared for equality)."""
+
+    data: bytes = field(repr=False)
+    version: str
 
 
 class Source(Protocol):
@@ -32,8 +45,8 @@ class Source(Protocol):
     #: Whether polling makes sense (a remote source that changes without a restart).
     pollable: bool
 
-    def fetch(self, *, only_if_changed: bool) -> bytes | None:
-        """The envelope's bytes, or ``None`` if ``only_if_changed`` and nothing changed."""
+    def fetch(self, *, unless_version: str | None = None) -> Fetched | None:
+        """The envelope, or ``None`` when its version is still ``unless_version``."""
         ...
 
 
@@ -45,9 +58,8 @@ class FileSource:
     def __init__(self, path: str) -> None:
         self.description = path
         self._path = Path(path)
-        self._last_digest: bytes | None = None
 
-    def fetch(self, *, only_if_changed: bool) -> bytes | None:
+    def fetch(self, *, unless_version: str | None = None) -> Fetched | None:
         try:
             with self._path.open("rb") as handle:
                 data = handle.read(MAX_ENVELOPE_BYTES + 1)
@@ -57,11 +69,10 @@ class FileSource:
             raise SourceError(
                 f"envelope file {self._path} is larger than {MAX_ENVELOPE_BYTES} bytes"
             )
-        digest = hashlib.sha256(data).digest()
-        if only_if_changed and digest == self._last_digest:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == unless_version:
             return None
-        self._last_digest = digest
-        return data
+        return Fetched(data, digest)
 
 
 class S3Source:
@@ -73,15 +84,12 @@ class S3Source:
         self.description = url
         self._bucket, self._key = parse_s3_url(url)
         self._client = client
-        self._etag: str | None = None
 
-    def fetch(self, *, only_if_changed: bool) -> bytes | None:
-        etag = self._etag if only_if_changed else None
-        found = self._client.get_object(self._bucket, self._key, if_none_match=etag)
+    def fetch(self, *, unless_version: str | None = None) -> Fetched | None:
+        found = self._client.get_object(self._bucket, self._key, if_none_match=unless_version)
         if found is None:
             return None
-        self._etag = found.etag
-        return found.body
+        return Fetched(found.body, found.etag)
 
 
 class HTTPSSource:
@@ -97,15 +105,14 @@ class HTTPSSource:
         self.description = f"https://{parsed.netloc}{parsed.path}"
         self._url = url
         self._environ = os.environ if environ is None else environ
-        self._validators: dict[str, str] = {}
 
-    def fetch(self, *, only_if_changed: bool) -> bytes | None:
+    def fetch(self, *, unless_version: str | None = None) -> Fetched | None:
+        # The version is the ETag, or "modified:" + Last-Modified where there is no ETag.
         headers = {}
-        if only_if_changed:
-            if "etag" in self._validators:
-                headers["If-None-Match"] = self._validators["etag"]
-            if "last-modified" in self._validators:
-                headers["If-Modified-Since"] = self._validators["last-modified"]
+        if unless_version and unless_version.startswith(_MODIFIED):
+            headers["If-Modified-Since"] = unless_version.removeprefix(_MODIFIED)
+        elif unless_version:
+            headers["If-None-Match"] = unless_version
         try:
             response = http.request(
                 "GET",
@@ -116,18 +123,19 @@ class HTTPSSource:
             )
         except http.TransportError as exc:
             raise SourceError(f"cannot fetch envelope from {self.description}: {exc}") from None
-        if response.status == 304 and only_if_changed:
+        if response.status == 304 and unless_version:
             return None
         if response.status != 200:
             raise SourceError(
                 f"cannot fetch envelope from {self.description}: HTTP {response.status}"
             )
-        self._validators = {
-            name: response.headers[name]
-            for name in ("etag", "last-modified")
-            if name in response.headers
-        }
-        return response.body
+        if "etag" in response.headers:
+            version = response.headers["etag"]
+        elif "last-modified" in response.headers:
+            version = _MODIFIED + response.headers["last-modified"]
+        else:  # no validator: compare content, so an unchanged envelope is still skipped
+            version = "sha256:" + hashlib.sha256(response.body).hexdigest()
+        return Fetched(response.body, version)
 
 
 def open_source(
