@@ -1,0 +1,195 @@
+"""Our KMS and S3 clients against moto in server mode with IAM authentication on, and the
+service end to end: `noflylist serve` decrypting the public demo's envelope through moto."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import botocore.session
+import pytest
+from cryptography.fernet import Fernet
+
+from enclave.kms import KMSClient, KMSError
+from enclave.retry import RetryPolicy
+from enclave.s3 import S3Client, S3Error
+from enclave.sigv4 import Credentials
+from tests.support.moto_server import MotoServer
+
+FAST = RetryPolicy(deadline=5.0, base_delay=0.01, max_delay=0.05)
+
+
+class Static:
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    def get(self) -> Credentials:
+        return self.credentials
+
+
+def create_key(moto: MotoServer) -> str:
+    response = moto.signed(
+        "POST", "/", service="kms", credentials=moto.user_credentials,
+        headers={"X-Amz-Target": "TrentService.CreateKey",
+                 "Content-Type": "application/x-amz-json-1.1"},
+        body=b"{}",
+    )  # fmt: skip
+    assert response.status == 200, response.body
+    return str(json.loads(response.body)["KeyMetadata"]["Arn"])
+
+
+def kms_client(moto: MotoServer, credentials: Credentials) -> KMSClient:
+    return KMSClient(
+        moto.region, Static(credentials), endpoint=moto.endpoint, environ={}, retry=FAST
+    )
+
+
+@pytest.mark.parametrize("identity", ["user", "assumed-role"])
+def test_kms_data_key_encrypt_decrypt_round_trip(moto_server: MotoServer, identity: str) -> None:
+    credentials = moto_server.user_credentials if identity == "user" else moto_server.assume_role()
+    assert (credentials.session_token is not None) == (identity == "assumed-role")
+    key_arn = create_key(moto_server)
+    client = kms_client(moto_server, credentials)
+    context = {"app": "noflylist"}
+    data_key = client.generate_data_key(key_arn, encryption_context=context)
+    assert data_key.plaintext is not None and len(data_key.plaintext) == 32
+    opened = client.decrypt(data_key.ciphertext_blob, key_id=key_arn, encryption_context=context)
+    assert opened.plaintext == data_key.plaintext
+    blob = client.encrypt(key_arn, b"small secret")
+    assert client.decrypt(blob).plaintext == b"small secret"
+    assert (client.calls, client.errors) == (4, 0)
+
+
+def test_kms_refuses_a_wrong_context_and_a_wrong_token_without_retrying(
+    moto_server: MotoServer,
+) -> None:
+    key_arn = create_key(moto_server)
+    client = kms_client(moto_server, moto_server.user_credentials)
+    data_key = client.generate_data_key(key_arn, encryption_context={"app": "noflylist"})
+    with pytest.raises(KMSError) as caught:
+        client.decrypt(data_key.ciphertext_blob, encryption_context={"app": "other"})
+    assert caught.value.code == "InvalidCiphertextException"
+    session = moto_server.assume_role()
+    forged = Credentials(session.access_key_id, session.secret_access_key, "wrong-token")
+    started = time.monotonic()
+    with pytest.raises(KMSError) as caught:
+        kms_client(moto_server, forged).decrypt(data_key.ciphertext_blob)
+    assert caught.value.status == 403
+    assert time.monotonic() - started < 2.0  # a client error: no retries
+
+
+def test_s3_put_get_conditional_get_and_missing_key(moto_server: MotoServer) -> None:
+    bucket = "noflylist-s3-client"
+    created = moto_server.signed("PUT", f"/{bucket}", service="s3",
+                                 credentials=moto_server.user_credentials)  # fmt: skip
+    assert created.status == 200, created.body
+    environ = {"AWS_ENDPOINT_URL_S3": moto_server.endpoint}
+    for credentials in (moto_server.user_credentials, moto_server.assume_role()):
+        client = S3Client(moto_server.region, Static(credentials), environ=environ, retry=FAST)
+        etag = client.put_object(bucket, "lists/envelope.json", b'{"format": "x"}')
+        found = client.get_object(bucket, "lists/envelope.json")
+        assert found is not None and found.body == b'{"format": "x"}' and found.etag == etag
+        assert client.get_object(bucket, "lists/envelope.json", if_none_match=etag) is None
+        with pytest.raises(S3Error) as caught:
+            client.get_object(bucket, "lists/missing.json")
+        assert (caught.value.status, caught.value.code) == (404, "NoSuchKey")
+
+
+# -- the service end to end, on the public demo's envelope format ------------------------
+
+
+def public_demo_envelope(moto: MotoServer, key_arn: str, names: str) -> bytes:
+    """Sealed the way the public demo's script does it: botocore + Fernet, not our code."""
+    session = botocore.session.Session()
+    client = session.create_client(
+        "kms",
+        region_name=moto.region,
+        endpoint_url=moto.endpoint,
+        aws_access_key_id=moto.user_credentials.access_key_id,
+        aws_secret_access_key=moto.user_credentials.secret_access_key,
+    )
+    answer = client.generate_data_key(KeyId=key_arn, KeySpec="AES_256")
+    token = Fernet(base64.b64encode(answer["Plaintext"])).encrypt(names.encode("utf-8"))
+    return json.dumps(
+        {
+            "data-key-ciphertext-base64": base64.b64encode(answer["CiphertextBlob"]).decode(),
+            "aes-ciphertext-base64": token.decode(),
+        }
+    ).encode()
+
+
+def test_serve_answers_the_public_demo_questions_from_its_envelope_through_moto(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    key_arn = create_key(moto_server)
+    path = tmp_path / "no-fly-envelope.json"
+    path.write_bytes(
+        public_demo_envelope(moto_server, key_arn, "bigbird,oscarthegrouch,cookiemonster,elmo")
+    )
+    env = {
+        **os.environ,
+        "NOFLYLIST_ENVELOPE": str(path),
+        "NOFLYLIST_ATTESTATION": "unsafe-none",
+        "NOFLYLIST_PORT": str(_free_port()),
+        "AWS_ENDPOINT_URL_KMS": moto_server.endpoint,
+        "AWS_REGION": moto_server.region,
+        "AWS_ACCESS_KEY_ID": moto_server.user_credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": moto_server.user_credentials.secret_access_key,
+    }
+    env.pop("AWS_SESSION_TOKEN", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noflylist", "serve"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{env['NOFLYLIST_PORT']}"
+        _wait_ready(base)
+        assert ask(base, "Big Bird") == "Big Bird is on the no-fly list and CAN NOT BOARD!\n"
+        assert ask(base, "  COOKIE monster ") == (
+            "  COOKIE monster  is on the no-fly list and CAN NOT BOARD!\n"
+        )
+        assert ask(base, "foo") == "foo is cleared to fly. Enjoy your flight!\n"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "UNSAFE" in output  # the unattested mode says so, loudly
+    assert re.search(r"list in service: 4 entries, serial 0, fernet format", output), output
+    for name in ("bigbird", "oscarthegrouch", "cookiemonster", "Big Bird", "COOKIE"):
+        assert name not in output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(base: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the service never became ready")
+
+
+def ask(base: str, name: str) -> str:
+    url = f"{base}/enclave/passenger?name={urllib.parse.quote(name)}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode("utf-8"))
