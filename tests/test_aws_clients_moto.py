@@ -10,9 +10,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import botocore.session
@@ -193,3 +195,68 @@ def ask(base: str, name: str) -> str:
     url = f"{base}/enclave/passenger?name={urllib.parse.quote(name)}"
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode("utf-8"))
+
+
+def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
+    moto_server: MotoServer,
+) -> None:
+    """The refresh path for real: S3 GetObject with If-None-Match through moto, KMS Decrypt
+    through moto, the service in this process on a free port."""
+    from noflylist import envelope
+    from noflylist.app import Service
+    from noflylist.config import ServeConfig
+
+    key_arn = create_key(moto_server)
+    bucket = "noflylist-refresh"
+    assert (
+        moto_server.signed(
+            "PUT", f"/{bucket}", service="s3", credentials=moto_server.user_credentials
+        ).status
+        == 200
+    )
+    credentials = moto_server.user_credentials
+    environ = {
+        "AWS_ENDPOINT_URL": moto_server.endpoint,
+        "AWS_REGION": moto_server.region,
+        "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+    }
+    kms = kms_client(moto_server, credentials)
+    s3 = S3Client(moto_server.region, Static(credentials), environ=environ, retry=FAST)
+    s3.put_object(bucket, "envelope.json", envelope.seal_v2(["bert"], kms, key_arn, serial=10))
+    config = ServeConfig(
+        envelope=f"s3://{bucket}/envelope.json",
+        port=_free_port(),
+        attestation="unsafe-none",
+        refresh_interval=0.2,
+        key_id=key_arn,
+    )
+    service = Service(config, environ=environ)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{config.port}"
+    try:
+        _wait_ready(base)
+        assert "CAN NOT BOARD" in ask(base, "Bert")
+        s3.put_object(bucket, "envelope.json", envelope.seal_v2(["ernie"], kms, key_arn, serial=11))
+        _wait_until(lambda: "CAN NOT BOARD" in ask(base, "Ernie"))
+        assert "cleared" in ask(base, "Bert")
+        loads_before = service.metrics.events("noflylist_list_loads_total", "refused")
+        s3.put_object(bucket, "envelope.json", envelope.seal_v2(["bert"], kms, key_arn, serial=9))
+        _wait_until(
+            lambda: service.metrics.events("noflylist_list_loads_total", "refused") > loads_before
+        )
+        assert "CAN NOT BOARD" in ask(base, "Ernie") and "cleared" in ask(base, "Bert")
+    finally:
+        service.stop()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
