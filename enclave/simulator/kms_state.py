@@ -1,0 +1,123 @@
+"""The local KMS's persisted state: keys, aliases and credentials in one 0600 JSON file.
+
+Key material and credentials are kept IN CLEAR in the state folder (a file of mode 0600):
+this is a development tool that protects nothing. Never give it a real secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import stat
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from enclave.simulator.kms_errors import LocalKMSError
+
+__all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Key", "State"]
+
+#: The state file (keys, aliases, credentials); only its owner may read it.
+STATE_FILE = "kms-state.json"
+STATE_FILE_MODE = 0o600
+#: The state folder, created if missing: owner only, like the file.
+_FOLDER_MODE = 0o700
+_STATE_FORMAT = 1
+
+
+@dataclass
+class Key:
+    """One symmetric key: its AES-256 ``material``, policy (JSON text) and enabled flag."""
+
+    key_id: str
+    arn: str
+    material: bytes = field(repr=False)
+    created: float
+    description: str
+    enabled: bool
+    policy: str
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A stored SigV4 secret (and session token, like an assumed role's) and whose it is."""
+
+    secret: str = field(repr=False)
+    session_token: str | None = field(repr=False)
+    principal_arn: str
+
+
+class State:
+    """Keys, aliases and credentials in one JSON file, rewritten after every change.
+
+    The file is the simulator's own, trusted like its folder: it is checked for an owner-only
+    mode, its format and its region and account, not field by field. Hold ``lock`` while
+    reading or changing ``keys``, ``aliases`` or ``credentials``.
+    """
+
+    def __init__(self, folder: Path, region: str, account: str) -> None:
+        self.folder, self.region, self.account = folder, region, account
+        self.path = folder / STATE_FILE
+        self.lock = threading.Lock()
+        self.keys: dict[str, Key] = {}
+        self.aliases: dict[str, str] = {}
+        self.credentials: dict[str, Credential] = {}
+        folder.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o077:
+            raise LocalKMSError(f"{self.path} may be read by others (mode {mode:o}): chmod 600 it")
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data["format"] != _STATE_FORMAT:
+                raise ValueError(f"format {data['format']!r}")
+            where = (data["region"], data["account"])
+            for key_id, k in data["keys"].items():
+                material = base64.b64decode(k.pop("material"), validate=True)
+                self.keys[key_id] = Key(material=material, **k)
+            self.aliases = dict(data["aliases"])
+            self.credentials = {a: Credential(**c) for a, c in data["credentials"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+            raise LocalKMSError(
+                f"the local KMS state {self.path} is unreadable ({exc.__class__.__name__}): "
+                "restore it, or delete it to start over"
+            ) from None
+        if where != (self.region, self.account):
+            raise LocalKMSError(
+                f"{self.path} holds keys of region {where[0]}, account {where[1]}: start with "
+                "those, or use another state folder"
+            )
+
+    def save(self) -> None:
+        """Rewrite the file; call with ``lock`` held."""
+        keys = {
+            key_id: asdict(k) | {"material": base64.b64encode(k.material).decode()}
+            for key_id, k in self.keys.items()
+        }
+        data = {
+            "format": _STATE_FORMAT, "region": self.region, "account": self.account,
+            "keys": keys, "aliases": self.aliases,
+            "credentials": {a: asdict(c) for a, c in self.credentials.items()},
+        }  # fmt: skip
+        _write_private(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write next to ``path`` with mode 0600, then rename over it: readers never see half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, STATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), STATE_FILE_MODE)  # neither umask nor an old file widens it
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
