@@ -749,4 +749,7 @@ class ConnectionLoop:
             connection, request = item
             response = self._answer(request)
             self._done.append((connection, response, request.keep_alive))
+            # An idle worker waits in get() above: it must not keep the last request and
+            # answer (queried names) alive in its locals until the next job comes.
+            del item, connection, request, response
             self._wake()
