@@ -373,8 +373,8 @@ class ConnectionLoop:
     answered on the loop thread itself: a hand-off to a worker would cost more than the
     work, and under the GIL it adds up to a switch interval (5 ms) of latency. Others go to
     ``workers`` threads. ``on_event`` is called on the loop thread with a fixed outcome
-    name (for metrics): ``refused_over_limit``, ``closed_idle``, ``closed_slow``,
-    ``closed_not_reading``.
+    name (for metrics): ``refused_over_limit``, ``closed_idle``, ``closed_slow`` (408),
+    ``closed_not_reading``, ``shed_over_memory`` (503).
     """
 
     def __init__(

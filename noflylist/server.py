@@ -29,6 +29,9 @@ What an auditor should be able to check here:
 
 HEAD and every method other than the one a route serves get 405 with ``Allow``; methods
 HTTP does not define get 501. Sockets, framing and limits live in :mod:`noflylist.connections`.
+
+The access log is written on the thread that answers (for single names, the connection loop):
+its handlers should not block. Logging every request roughly doubles the CPU time of one.
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ __all__ = ["DEFAULT_WORKERS", "DRAIN_TIMEOUT", "RouteHandler", "RouteResponse", 
 
 log = logging.getLogger(__name__)
 
-#: Worker threads: screening is CPU work under the GIL, so more threads add no speed; a few
-#: keep answering while one waits (an extra route calling /dev/nsm, a slow metrics gauge).
+#: Worker threads for the routes that may take a while or wait (a manifest, /metrics and its
+#: gauges, extra routes such as one calling /dev/nsm); single-name screening and the health
+#: pages are answered on the connection loop. Under the GIL more threads add no speed.
 DEFAULT_WORKERS = 8
 #: How long ``shutdown`` waits for requests in progress (well under a SIGKILL grace period).
 DRAIN_TIMEOUT = 10.0
@@ -397,7 +401,8 @@ def _extra(path: str, handler: RouteHandler) -> Callable[[Request, str], RouteRe
 
 
 class Server:
-    """The HTTP server. Binds at construction (``port=0`` picks a free port).
+    """The HTTP server. Binds at construction (``port=0`` picks a free port); ``address`` is
+    the bound ``(host, port)``.
 
     ``serve_forever`` runs the connection loop on the calling thread; ``shutdown`` (from any
     thread, e.g. on SIGTERM) stops accepting, lets requests in progress finish within
@@ -449,4 +454,5 @@ class Server:
         self._loop.stop(drain_timeout)
 
     def _count_event(self, outcome: str) -> None:
+        """Connections closed without a request answered, by why (fixed outcome names)."""
         self._metrics.count("noflylist_http_connections_closed_total", outcome)
