@@ -19,10 +19,10 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from enclave import http, sigv4
+from enclave import http
+from enclave.awscall import CredentialSource, send_signed
 from enclave.errors import EnclaveError
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
@@ -46,12 +46,6 @@ class KMSError(EnclaveError):
         super().__init__(message)
         self.code = code
         self.status = status
-
-
-class CredentialSource(Protocol):
-    """Anything that hands out current credentials (see :mod:`enclave.credentials`)."""
-
-    def get(self) -> sigv4.Credentials: ...
 
 
 @dataclass(frozen=True)
@@ -204,38 +198,20 @@ class KMSClient:
             raise
 
     def _attempt(self, action: str, body: bytes, remaining: float) -> dict[str, Any]:
-        url = self.endpoint + "/"
-        headers = {
-            "Content-Type": _CONTENT_TYPE,
-            "X-Amz-Target": _TARGET_PREFIX + action,
-        }
-        headers.update(
-            sigv4.sign(
-                "POST",
-                url,
-                headers,
-                body,
-                service="kms",
-                region=self.region,
-                credentials=self._credentials.get(),
-                now=datetime.now(UTC),
-            )
+        headers = {"Content-Type": _CONTENT_TYPE, "X-Amz-Target": _TARGET_PREFIX + action}
+        response = send_signed(
+            "POST",
+            self.endpoint + "/",
+            headers,
+            body,
+            service="kms",
+            region=self.region,
+            credentials=self._credentials,
+            remaining=remaining,
+            max_response_bytes=MAX_RESPONSE_BYTES,
+            environ=self._environ,
+            error=lambda cause: KMSError(f"KMS {action} at {self.endpoint}: {cause}"),
         )
-        try:
-            response = http.request(
-                "POST",
-                url,
-                headers=headers,
-                body=body,
-                read_timeout=min(http.READ_TIMEOUT, remaining),
-                max_response_bytes=MAX_RESPONSE_BYTES,
-                environ=self._environ,
-            )
-        except http.TransportError as exc:
-            error = KMSError(f"KMS {action} at {self.endpoint}: {exc}")
-            if exc.transient:
-                raise RetryableFailure(error) from exc
-            raise error from exc
         if response.status == 200:
             return _json_object(response.body, action)
         error = _error_from(action, response, self.region)

@@ -11,12 +11,11 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from enclave import http, sigv4
+from enclave import http
+from enclave.awscall import CredentialSource, send_signed
 from enclave.errors import EnclaveError
-from enclave.kms import CredentialSource
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
 #: Largest object we read: an envelope of a few million names is tens of MiB.
@@ -129,34 +128,19 @@ class S3Client:
         remaining: float,
         describe: str,
     ) -> http.Response:
-        signed = dict(headers)
-        signed.update(
-            sigv4.sign(
-                method,
-                url,
-                signed,
-                body,
-                service="s3",
-                region=self.region,
-                credentials=self._credentials.get(),
-                now=datetime.now(UTC),
-            )
+        response = send_signed(
+            method,
+            url,
+            headers,
+            body,
+            service="s3",
+            region=self.region,
+            credentials=self._credentials,
+            remaining=remaining,
+            max_response_bytes=MAX_OBJECT_BYTES,
+            environ=self._environ,
+            error=lambda cause: S3Error(f"{describe}: {cause}"),
         )
-        try:
-            response = http.request(
-                method,
-                url,
-                headers=signed,
-                body=body,
-                read_timeout=min(http.READ_TIMEOUT, remaining),
-                max_response_bytes=MAX_OBJECT_BYTES,
-                environ=self._environ,
-            )
-        except http.TransportError as exc:
-            error = S3Error(f"{describe}: {exc}")
-            if exc.transient:
-                raise RetryableFailure(error) from exc
-            raise error from exc
         if response.status in (200, 304):
             return response
         error = _error_from(describe, response)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from enclave import http
+from enclave.awscall import CredentialSource
 from enclave.errors import EnclaveError
-from enclave.kms import CredentialSource
 from enclave.s3 import S3Client, parse_s3_url
 from noflylist.envelope import MAX_ENVELOPE_BYTES
 
