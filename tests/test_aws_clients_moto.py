@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from enclave.retry import RetryPolicy
 from enclave.s3 import S3Client, S3Error
 from enclave.sigv4 import Credentials
 from tests.support.moto_server import MotoServer
+from tests.support.service_client import ask, free_port, wait_ready
 
 FAST = RetryPolicy(deadline=5.0, base_delay=0.01, max_delay=0.05)
 
@@ -141,7 +140,7 @@ def test_serve_answers_the_public_demo_questions_from_its_envelope_through_moto(
         **os.environ,
         "NOFLYLIST_ENVELOPE": str(path),
         "NOFLYLIST_ATTESTATION": "unsafe-none",
-        "NOFLYLIST_PORT": str(_free_port()),
+        "NOFLYLIST_PORT": str(free_port()),
         "AWS_ENDPOINT_URL_KMS": moto_server.endpoint,
         "AWS_REGION": moto_server.region,
         "AWS_ACCESS_KEY_ID": moto_server.user_credentials.access_key_id,
@@ -154,7 +153,7 @@ def test_serve_answers_the_public_demo_questions_from_its_envelope_through_moto(
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{env['NOFLYLIST_PORT']}"
-        _wait_ready(base)
+        wait_ready(base)
         assert ask(base, "Big Bird") == "Big Bird is on the no-fly list and CAN NOT BOARD!\n"
         assert ask(base, "  COOKIE monster ") == (
             "  COOKIE monster  is on the no-fly list and CAN NOT BOARD!\n"
@@ -168,33 +167,6 @@ def test_serve_answers_the_public_demo_questions_from_its_envelope_through_moto(
     assert re.search(r"list in service: 4 entries, serial 0, fernet format", output), output
     for name in ("bigbird", "oscarthegrouch", "cookiemonster", "Big Bird", "COOKIE"):
         assert name not in output
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_ready(base: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the service never became ready")
-
-
-def ask(base: str, name: str) -> str:
-    url = f"{base}/enclave/passenger?name={urllib.parse.quote(name)}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode("utf-8"))
 
 
 def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
@@ -226,7 +198,7 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
     s3.put_object(bucket, "envelope.json", envelope.seal_v2(["bert"], kms, key_arn, serial=10))
     config = ServeConfig(
         envelope=f"s3://{bucket}/envelope.json",
-        port=_free_port(),
+        port=free_port(),
         attestation="unsafe-none",
         refresh_interval=0.2,
         key_id=key_arn,
@@ -236,7 +208,7 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
     thread.start()
     base = f"http://127.0.0.1:{config.port}"
     try:
-        _wait_ready(base)
+        wait_ready(base)
         assert "CAN NOT BOARD" in ask(base, "Bert")
         s3.put_object(bucket, "envelope.json", envelope.seal_v2(["ernie"], kms, key_arn, serial=11))
         _wait_until(lambda: "CAN NOT BOARD" in ask(base, "Ernie"))

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.service_client import ask, wait_ready
 
 #: Generous: the first start makes a CA and RSA keys on a loaded 2-core machine.
 START_TIMEOUT = 60.0
@@ -43,7 +43,7 @@ def demo(state: Path) -> Iterator[tuple[str, str]]:
             if found := re.search(r"PCR0 of this code: ([0-9a-f]{96})", line):
                 pcr0 = found.group(1)
         assert base and pcr0, "demo did not start:\n" + "".join(output)
-        _wait_ready(base, deadline)
+        wait_ready(base, timeout=max(1.0, deadline - time.monotonic()))
         yield base, pcr0
     finally:
         process.send_signal(signal.SIGTERM)
@@ -55,24 +55,6 @@ def demo(state: Path) -> Iterator[tuple[str, str]]:
         output.append(rest or "")
         assert process.returncode == 0, "".join(output)
         assert "stopped" in "".join(output)
-
-
-def _wait_ready(base: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("demo never became ready")
-
-
-def ask(base: str, name: str) -> str:
-    url = f"{base}/enclave/passenger?name={urllib.parse.quote(name)}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode("utf-8"))
 
 
 def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> None:
