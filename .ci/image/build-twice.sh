@@ -32,10 +32,15 @@ phase() {
 }
 
 storage() { echo "containers-storage:[$driver@$work/$1/root+$work/$1/run]"; }
-buildah_in() { local s=$1; shift; buildah --root "$work/$s/root" --runroot "$work/$s/run" --storage-driver "$driver" "$@"; }
+buildah_in() {
+  local side=$1
+  shift
+  buildah --root "$work/$side/root" --runroot "$work/$side/run" --storage-driver "$driver" "$@"
+}
 
 # 1. Inputs: the base (from Debian, digest-pinned) and the locked wheels.
-read -r base_layout base_digest < <("$here/make-base.sh")
+base=$("$here/make-base.sh")   # "DIR sha256:..."; a failure stops the script here
+read -r base_layout base_digest <<<"$base"
 wheels=${NOFLYLIST_IMAGE_CACHE:-/var/cache/noflylist-image}/wheels
 "$here/fetch-wheels.sh" "$wheels"
 phase "base $base_digest and wheels ready"
