@@ -103,9 +103,15 @@ class _BotocoreDataKeys:
 
     def __init__(self, profile: str | None) -> None:
         import botocore.session
+        from botocore.exceptions import BotoCoreError
 
         session = botocore.session.Session(profile=profile)
-        self._client = session.create_client("kms")
+        # botocore reads AWS_DEFAULT_REGION and the profile; the other SDKs also AWS_REGION.
+        region = session.get_config_variable("region") or os.environ.get("AWS_REGION")
+        try:
+            self._client = session.create_client("kms", region_name=region)
+        except BotoCoreError as exc:
+            raise EnclaveError(f"cannot make a KMS client with botocore: {exc}") from None
 
     def generate_data_key(
         self, key_id: str, *, encryption_context: Mapping[str, str] | None = None

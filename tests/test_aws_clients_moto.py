@@ -232,3 +232,91 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def _moto_env(moto: MotoServer) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL_KMS": moto.endpoint,
+        "AWS_REGION": moto.region,
+        "AWS_ACCESS_KEY_ID": moto.user_credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": moto.user_credentials.secret_access_key,
+    }
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize("client", ["botocore", "builtin"])
+def test_seal_writes_an_envelope_that_opens_with_the_listed_names(
+    moto_server: MotoServer, tmp_path: Path, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`noflylist seal` through botocore's credential chain (when installed) and through the
+    project's own client (otherwise); both write a v2 envelope our reader opens."""
+    from noflylist import cli, envelope
+
+    key_arn = create_key(moto_server)
+    names = ["Big Bird", "Oscar, the Grouch", "zoë"]
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n\n", encoding="utf-8")
+    for name, value in _moto_env(moto_server).items():
+        monkeypatch.setenv(name, value)
+    if client == "builtin":
+
+        def no_botocore(profile: str | None) -> None:
+            raise ImportError("botocore")
+
+        monkeypatch.setattr(cli, "_BotocoreDataKeys", no_botocore)
+    output = tmp_path / "envelope.json"
+    status = cli.main(
+        ["seal", "--key-id", key_arn, "--input", str(tmp_path / "list.txt"),
+         "--output", str(output), "--serial", "42"]
+    )  # fmt: skip
+    assert status == 0
+    parsed = envelope.parse(output.read_bytes())
+    assert (parsed.serial, parsed.entries, parsed.key_id) == (42, 3, key_arn)
+    kms = kms_client(moto_server, moto_server.user_credentials)
+
+    class Unattested:
+        def decrypt(self, blob: bytes, **kwargs: object) -> bytes:
+            plaintext = kms.decrypt(blob, **kwargs).plaintext  # type: ignore[arg-type]
+            assert plaintext is not None
+            return plaintext
+
+    assert list(envelope.decrypt(parsed, Unattested())) == names
+    for name in names:
+        assert name.encode() not in output.read_bytes()
+
+
+def test_serve_reloads_a_file_envelope_on_sighup(moto_server: MotoServer, tmp_path: Path) -> None:
+    from noflylist import envelope
+
+    key_arn = create_key(moto_server)
+    kms = kms_client(moto_server, moto_server.user_credentials)
+    path = tmp_path / "envelope.json"
+    path.write_bytes(envelope.seal_v2(["bert"], kms, key_arn, serial=1))
+    port = free_port()
+    env = {
+        **_moto_env(moto_server),
+        "NOFLYLIST_ENVELOPE": str(path),
+        "NOFLYLIST_ATTESTATION": "unsafe-none",
+        "NOFLYLIST_PORT": str(port),
+        "NOFLYLIST_KEY_ID": key_arn,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noflylist", "serve"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        assert "CAN NOT BOARD" in ask(base, "Bert")
+        path.write_bytes(envelope.seal_v2(["ernie"], kms, key_arn, serial=2))
+        assert "cleared" in ask(base, "Ernie")  # a file is not polled: nothing changes yet
+        process.send_signal(signal.SIGHUP)
+        _wait_until(lambda: "CAN NOT BOARD" in ask(base, "Ernie"))
+        assert "cleared" in ask(base, "Bert")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "SIGHUP: reloading the envelope" in output
