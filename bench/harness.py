@@ -1,0 +1,295 @@
+"""What the HTTP benchmarks share: seal a list, start the servers, read their memory, do sums.
+
+Not a benchmark itself. ``noflylist serve`` runs exactly as in production except for the
+enclave: ``--attestation simulated`` with the local KMS (``enclave.simulator.kms_server``),
+so start-up pays for the real work (an RSA key, a signed attestation document, a signed KMS
+``Decrypt`` with a ``Recipient`` over loopback, a CMS answer, AES-GCM, the table build).
+The baselines are started from ``bench/baseline_flask.py`` with the same names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+from enclave.kms import KMSClient  # noqa: E402
+from enclave.sigv4 import Credentials  # noqa: E402
+from enclave.simulator.ca import load_or_create  # noqa: E402
+from enclave.simulator.kms_server import LocalKMS  # noqa: E402
+from noflylist import envelope  # noqa: E402
+
+REGION = "us-east-1"
+SERVICE_ROLE = "arn:aws:iam::111122223333:role/noflylist-bench"
+#: How long a server may take to answer /readyz (2M names: ~20 s of build on a busy VM).
+READY_TIMEOUT = 300.0
+#: The public demo's answers (noflylist.screening.answer), to check every server's output.
+LISTED_SUFFIX = b" is on the no-fly list and CAN NOT BOARD!\n"
+CLEARED_SUFFIX = b" is cleared to fly. Enjoy your flight!\n"
+
+
+class _Fixed:
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    def get(self) -> Credentials:
+        return self._credentials
+
+
+@dataclass
+class SealedList:
+    """A list sealed under a local KMS key, and everything ``noflylist serve`` needs for it.
+
+    Use as a context manager: the local KMS runs (in this process) until the block ends.
+    ``names_file`` holds the same names, one a line, for the baseline.
+    """
+
+    names: Sequence[str]
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="noflylist-bench-")))
+
+    def __enter__(self) -> SealedList:
+        ca = load_or_create(self.folder / "ca")
+        self._kms = LocalKMS(self.folder / "kms", simulator_root=ca.root, region=REGION)
+        url = self._kms.start()
+        self.credentials = self._kms.create_credentials(SERVICE_ROLE, session_token=True)
+        key_arn = self._kms.create_key(SERVICE_ROLE)
+        sealer = KMSClient(REGION, _Fixed(self.credentials), endpoint=url, environ={})
+        self.envelope = self.folder / "envelope.json"
+        self.envelope.write_bytes(envelope.seal_v2(self.names, sealer, key_arn, serial=1))
+        self.names_file = self.folder / "names.txt"
+        self.names_file.write_text("".join(name + "\n" for name in self.names))
+        self.key_arn, self.kms_url = key_arn, url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kms.stop()
+
+    def serve_command(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """``noflylist serve`` for this list, as argv and environment."""
+        argv = [sys.executable, "-m", "noflylist", "serve", "--envelope", str(self.envelope),
+                "--host", "127.0.0.1", "--port", str(port), "--attestation", "simulated",
+                "--simulator-state", str(self.folder), "--refresh-interval", "0",
+                "--key-id", self.key_arn]  # fmt: skip
+        env = clean_environment()
+        env.update({
+            "PYTHONPATH": str(REPO),
+            "AWS_ENDPOINT_URL_KMS": self.kms_url,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
+            "AWS_SESSION_TOKEN": self.credentials.session_token or "",
+        })  # fmt: skip
+        return argv, env
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without proxies or AWS settings that could change what runs."""
+    return {k: v for k, v in os.environ.items()
+            if not k.lower().endswith("_proxy") and not k.startswith("AWS_")}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Running:
+    """A server process under test."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    started: float
+
+    def stop(self) -> None:
+        """SIGTERM (every server here drains and exits on it), then SIGKILL after 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Path) -> Running:
+    """Start a server with its output (access log included) going to a file."""
+    log = folder / f"{name}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   cwd=REPO, start_new_session=True)  # fmt: skip
+    return Running(name, process, port, log, time.monotonic())
+
+
+def start_noflylist(sealed: SealedList, folder: Path) -> Running:
+    port = free_port()
+    argv, env = sealed.serve_command(port)
+    return start("noflylist", argv, env, port, folder)
+
+
+def start_flask_dev(names_file: Path, folder: Path) -> Running:
+    """The baseline under Flask's development server (threaded, as ``flask run``)."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH / "baseline_flask.py"), "--names", str(names_file),
+            "--port", str(port)]  # fmt: skip
+    return start("flask-dev", argv, clean_environment(), port, folder)
+
+
+def start_gunicorn(names_file: Path, folder: Path, workers: int = 2, threads: int = 4) -> Running:
+    """The baseline under gunicorn: ``workers`` processes of ``threads`` threads (gthread)."""
+    port = free_port()
+    env = clean_environment()
+    env["BASELINE_NAMES"] = str(names_file)
+    argv = [sys.executable, "-m", "gunicorn", "--workers", str(workers),
+            "--threads", str(threads), "--worker-class", "gthread",
+            "--bind", f"127.0.0.1:{port}", "--chdir", str(BENCH), "--log-level", "warning",
+            "baseline_flask:create_app()"]  # fmt: skip
+    return start("gunicorn", argv, env, port, folder)
+
+
+def start_bare(folder: Path) -> Running:
+    """A bare ``http.server`` handler (keep-alive, Nagle off, fixed answer): the ceiling."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH / "baseline_bare.py"), "--port", str(port)]
+    return start("bare-http.server", argv, clean_environment(), port, folder)
+
+
+def http_get(port: int, target: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET on a new connection: (status, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", target)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def wait_ready(server: Running, path: str, timeout: float = READY_TIMEOUT) -> float:
+    """Poll ``path`` until it answers 200; seconds since the process started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} exited: see {server.log}")
+        try:
+            status, _ = http_get(server.port, path, timeout=2.0)
+        except OSError:
+            status = 0
+        if status == 200:
+            return time.monotonic() - server.started
+        time.sleep(0.05)
+    raise SystemExit(f"{server.name} not ready after {timeout:.0f} s: see {server.log}")
+
+
+def check_answers(server: Running, listed: str, unlisted: str) -> None:
+    """Refuse to benchmark a server that gives a wrong answer."""
+    from urllib.parse import quote
+
+    for name, suffix in ((listed, LISTED_SUFFIX), (unlisted, CLEARED_SUFFIX)):
+        status, body = http_get(server.port, "/enclave/passenger?name=" + quote(name))
+        if status != 200 or body != name.encode() + suffix:
+            kind = "listed" if suffix == LISTED_SUFFIX else "unlisted"
+            raise SystemExit(f"{server.name} answered {status} {body[:80]!r} for a {kind} name")
+
+
+def timed_requests(port: int, order: Sequence[tuple[str, str]]) -> dict[str, list[float]]:
+    """GET ``/enclave/passenger?name=NAME`` for each ``(kind, name)`` in order, on one
+    keep-alive connection (a new one whenever the server closes); seconds each, by kind.
+
+    Timed from the first byte sent to the last byte of the answer read, with Nagle off.
+    """
+    from urllib.parse import quote
+
+    from loadgen import _read_response
+
+    timings: dict[str, list[float]] = {}
+    sock: socket.socket | None = None
+    pending = b""
+    for kind, name in order:
+        request = f"GET /enclave/passenger?name={quote(name)} HTTP/1.1\r\nHost: b\r\n\r\n"
+        start = time.perf_counter()
+        if sock is None:  # Flask's development server closes after every answer
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pending = b""
+        sock.sendall(request.encode())
+        status, closes, pending = _read_response(sock, pending)
+        elapsed = time.perf_counter() - start
+        if closes:
+            sock.close()
+            sock = None
+        if status != 200:
+            raise SystemExit(f"status {status} for a {kind} name")
+        timings.setdefault(kind, []).append(elapsed)
+    if sock is not None:
+        sock.close()
+    return timings
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (gunicorn's workers)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            with open(f"/proc/{current}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                pids.extend(int(child) for child in children.read().split())
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def peak_rss(pid: int) -> int:
+    """The process's high-water resident bytes (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine() -> str:
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import platform
+
+    return (f"nproc={os.cpu_count()}, CPU={model}, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
+
+
+def welch_t(a: Sequence[float], b: Sequence[float]) -> float:
+    """Welch's t statistic of two samples (dudect's test)."""
+    va, vb = statistics.variance(a), statistics.variance(b)
+    return (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va / len(a) + vb / len(b))
+
+
+def percentile(samples: Iterable[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
