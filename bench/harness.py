@@ -281,7 +281,19 @@ def machine() -> str:
     import platform
 
     return (f"nproc={os.cpu_count()}, CPU={model}, Python {platform.python_version()}, "
-            f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
+            f"load average {os.getloadavg()[0]:.1f} at start\n{code_version()}")  # fmt: skip
+
+
+def code_version() -> str:
+    """The commit measured, and which files of the service differ from it (if any)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=False).stdout  # fmt: skip
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "noflylist", "enclave")
+    files = ", ".join(line[3:] for line in changed.splitlines() if line.strip())
+    return f"code: commit {git('rev-parse', '--short', 'HEAD').strip()}" + (
+        f" with uncommitted changes to {files}" if files else "")
 
 
 def welch_t(a: Sequence[float], b: Sequence[float]) -> float:
