@@ -1,0 +1,293 @@
+"""HTTP/1.1 framing: the strict request parser and the response encoder, over bytes only.
+
+No sockets, threads or clocks here (the ``Date`` field aside): :class:`RequestFramer` takes
+the bytes a client has sent so far and yields whole, checked :class:`Request` objects, and
+:func:`encode_response` makes one response a single byte string. The connection loop
+(:mod:`noflylist.connections`) feeds the one and sends the other.
+
+The parser is strict (RFC 9112): origin-form targets (``/path?query``) only, CRLF line ends
+only, no obs-fold, no space before a header's colon, no control bytes, one ``Content-Length``
+of digits, no ``Transfer-Encoding``, ``Host`` required in HTTP/1.1. Anything else is refused
+with a status and the connection is closed, so no two parsers can disagree about where a
+request ends. It raises only :class:`RequestError`, and a request is either complete and
+checked or not dispatched. The status tells the client which limit it hit: 414 (request
+line), 431 (head), 413 (body), 505 (version), 501 (chunked), 417 (Expect); the loop adds
+408 (too slow) and 503 (out of buffer memory).
+
+Every limit is a module constant, read where it is applied (so tests can shorten them).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from enclave.errors import EnclaveError
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_METHOD",
+    "MAX_REQUEST_LINE",
+    "Request",
+    "RequestError",
+    "RequestFramer",
+    "encode_response",
+]
+
+#: Longest request line (method, target, version): room for a 256-character name encoded
+#: as 4-byte UTF-8 percent escapes (3 KiB), far from the 100 KB floods that probe servers.
+MAX_REQUEST_LINE = 8 * 1024
+#: Most header fields in one request: real clients send about ten.
+MAX_HEADERS = 64
+#: Largest request head (request line and fields), so one connection's buffer stays small.
+MAX_HEAD_BYTES = 64 * 1024
+#: Largest request body: a 1000-name manifest is well under 100 KiB of JSON.
+MAX_BODY_BYTES = 256 * 1024
+#: Longest method token: real methods are at most 7 letters; more means "not HTTP".
+MAX_METHOD = 16
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_DIGITS = re.compile(rb"[0-9]{1,19}")
+_BAD_FIELD_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_LEADING_CRLFS = re.compile(rb"(?:\r\n)*")
+#: Fields that must not repeat: two values would let two parsers frame differently.
+_SINGLE_FIELDS = frozenset({"content-length", "host", "content-type", "expect"})
+
+
+class RequestError(EnclaveError):
+    """A request the parser refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Request:
+    """One complete, checked request. Header names are lower case."""
+
+    method: str
+    target: str
+    http10: bool
+    headers: Mapping[str, str]
+    body: bytes
+    keep_alive: bool
+    #: ``time.monotonic()`` when the request was complete: the start of its latency.
+    received: float
+
+
+# -- responses ---------------------------------------------------------------------------
+
+_date_cache: tuple[int, str] = (0, "")
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
+def _http_date() -> str:
+    """The ``Date`` field value (RFC 9110 section 6.6.1), formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def encode_response(
+    status: int,
+    content_type: str,
+    body: bytes,
+    *,
+    keep_alive: bool,
+    http10: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+    head_only: bool = False,
+) -> bytes:
+    """A whole response as one byte string, with the headers every response carries.
+
+    ``headers`` must already be checked (token names, visible ASCII values). ``head_only``
+    (the answer to a HEAD request) leaves the body out: RFC 9112 section 6.3 says such a
+    response ends after its header fields, whatever Content-Length says.
+    """
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        f"Date: {_http_date()}",
+        "Server: noflylist",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+    ]
+    if not keep_alive:
+        lines.append("Connection: close")
+    elif http10:
+        lines.append("Connection: keep-alive")
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append("\r\n")
+    encoded = "\r\n".join(lines).encode("latin-1")
+    return encoded if head_only else encoded + body
+
+
+# -- request heads (RFC 9112) --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Head:
+    method: str
+    target: str
+    http10: bool
+    headers: dict[str, str]
+    content_length: int
+    keep_alive: bool
+    expect_continue: bool
+
+
+def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
+    """Refuse early what can never become a valid head, so nobody waits for a deadline."""
+    prefix = bytes(buffer[: MAX_METHOD + 1])
+    method_end = _TOKEN_PREFIX.match(prefix).end()  # type: ignore[union-attr]
+    if method_end < len(prefix) and prefix[method_end] != 0x20:
+        if prefix[:1] == b"\x16":
+            raise RequestError(400, "this port speaks plain HTTP, not TLS: use http://")
+        raise RequestError(400, "the request does not start with an HTTP method")
+    if method_end > MAX_METHOD:
+        raise RequestError(400, "the request does not start with an HTTP method")
+    if _BARE_LF.search(buffer, max(0, searched - 1)):
+        raise RequestError(400, "header lines must end with CRLF, not a bare LF")
+    if len(buffer) > MAX_REQUEST_LINE and buffer.find(b"\r\n", 0, MAX_REQUEST_LINE + 2) < 0:
+        raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
+    if len(buffer) > MAX_HEAD_BYTES:
+        raise RequestError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+
+
+def _parse_request_line(line: bytes) -> tuple[str, str, bool]:
+    """RFC 9112 section 3: method SP request-target SP HTTP-version."""
+    if len(line) > MAX_REQUEST_LINE:
+        raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
+    parts = line.split(b" ")
+    if len(parts) == 2:
+        raise RequestError(400, "the request line has no HTTP version (HTTP/0.9 is not served)")
+    if len(parts) != 3:
+        raise RequestError(400, "the request line must be METHOD SP TARGET SP VERSION")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
+        raise RequestError(400, "the request method is not a token")
+    if not _TARGET.fullmatch(target):
+        raise RequestError(400, "the request target must be a path (/...) of visible ASCII")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if _VERSION.fullmatch(version):
+            raise RequestError(505, "only HTTP/1.0 and HTTP/1.1 are served")
+        raise RequestError(400, "the request line has a malformed HTTP version")
+    return method.decode("ascii"), target.decode("ascii"), version == b"HTTP/1.0"
+
+
+def _parse_fields(lines: list[bytes]) -> dict[str, str]:
+    """RFC 9112 section 5: name ":" OWS value OWS, one a line, no folding."""
+    if len(lines) > MAX_HEADERS:
+        raise RequestError(431, f"the request has more than {MAX_HEADERS} header fields")
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise RequestError(400, "a header line is not NAME: VALUE (or is folded)")
+        value = value.strip(b" \t")
+        if _BAD_FIELD_BYTE.search(value):
+            raise RequestError(400, "a header value contains a control character")
+        key, text = name.decode("ascii").lower(), value.decode("latin-1")
+        if key in fields:
+            if key in _SINGLE_FIELDS:
+                raise RequestError(400, f"the {key} header field appears more than once")
+            text = f"{fields[key]}, {text}"  # RFC 9110 section 5.3: combine with commas
+        fields[key] = text
+    return fields
+
+
+def _parse_head(head: bytes) -> _Head:
+    """Parse and check a whole head (without its final empty line)."""
+    lines = head.split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        raise RequestError(400, "header lines must end with CRLF")
+    method, target, http10 = _parse_request_line(lines[0])
+    fields = _parse_fields(lines[1:])
+    if not http10 and "host" not in fields:
+        raise RequestError(400, "an HTTP/1.1 request needs a Host header field")
+    if "transfer-encoding" in fields:
+        raise RequestError(501, "Transfer-Encoding is not supported; send Content-Length")
+    length_text = fields.get("content-length", "0").encode("latin-1")
+    if not _DIGITS.fullmatch(length_text):
+        raise RequestError(400, "Content-Length must be a decimal number")
+    content_length = int(length_text)
+    if content_length > MAX_BODY_BYTES:
+        raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    tokens = {token.strip().lower() for token in fields.get("connection", "").split(",")}
+    keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
+    expect = fields.get("expect")
+    if expect is not None and expect.lower() != "100-continue":
+        raise RequestError(417, "only 'Expect: 100-continue' is supported")
+    expect_continue = expect is not None and not http10 and content_length > 0
+    return _Head(method, target, http10, fields, content_length, keep_alive, expect_continue)
+
+
+# -- framing: whole requests out of a byte stream (RFC 9112 section 6) ---------------------
+
+
+class RequestFramer:
+    """The bytes one client has sent and the head parsed from them, if any.
+
+    The caller appends to ``buffer`` and calls :meth:`take_request`. ``head`` is set once a
+    whole head has arrived and parsed, until its body has arrived too (so a caller can answer
+    ``Expect: 100-continue`` by looking at ``head.expect_continue``).
+    """
+
+    __slots__ = ("buffer", "head", "head_bytes", "searched")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.searched = 0  # bytes of buffer already searched for the end of the head
+        self.head: _Head | None = None
+        self.head_bytes = 0
+
+    def take_request(self, now: float) -> Request | None:
+        """Frame the next whole request from the buffer; ``None`` until it has all arrived.
+
+        ``now`` becomes the request's ``received`` time. Raises :class:`RequestError` for a
+        request that is refused; the buffer is then in no state to frame more.
+        """
+        buffer = self.buffer
+        if self.head is None:
+            # RFC 9112 section 2.2: ignore empty lines before the request line.
+            blank = _LEADING_CRLFS.match(buffer).end()  # type: ignore[union-attr]
+            if blank:
+                del buffer[:blank]
+                self.searched = 0
+            end = buffer.find(b"\r\n\r\n", max(0, self.searched - 3))
+            if end < 0:
+                _check_incomplete_head(buffer, self.searched)
+                self.searched = len(buffer)
+                return None
+            if end > MAX_HEAD_BYTES:
+                first_line = buffer.find(b"\r\n")
+                if first_line > MAX_REQUEST_LINE:
+                    raise RequestError(414, f"the request line is over {MAX_REQUEST_LINE} bytes")
+                raise RequestError(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
+            self.head = _parse_head(bytes(buffer[:end]))
+            self.head_bytes = end + 4
+        head = self.head
+        total = self.head_bytes + head.content_length
+        if len(buffer) < total:
+            return None
+        body = bytes(buffer[self.head_bytes : total])
+        del buffer[:total]
+        self.head, self.searched = None, 0
+        return Request(
+            head.method, head.target, head.http10, head.headers, body, head.keep_alive, now
+        )
