@@ -231,28 +231,32 @@ def test_attestation_without_inputs_has_nine_fields_in_aws_order_and_null_inputs
 
 
 @pytest.mark.parametrize(
-    ("public_key", "user_data", "nonce"),
+    ("public_key_len", "user_data_len", "nonce_len"),
     [
-        (b"k", None, None),
-        (None, b"u", None),
-        (None, None, b"n"),
-        ("max", "max", "max"),
+        (1, None, None),
+        (None, 1, None),
+        (None, None, 1),
+        # The NSM's documented limits, all at once.
+        (nsm.MAX_PUBLIC_KEY_BYTES, nsm.MAX_USER_DATA_BYTES, nsm.MAX_NONCE_BYTES),
     ],
 )
 def test_attestation_returns_public_key_user_data_and_nonce_as_given(
     device: NitroSecureModule,
-    public_key: bytes | str | None,
-    user_data: bytes | str | None,
-    nonce: bytes | str | None,
+    public_key_len: int | None,
+    user_data_len: int | None,
+    nonce_len: int | None,
 ) -> None:
-    # "max": random bytes at the NSM's documented limits (1024, 512, 512).
-    given = {
-        "public_key": os.urandom(nsm.MAX_PUBLIC_KEY_BYTES) if public_key == "max" else public_key,
-        "user_data": os.urandom(nsm.MAX_USER_DATA_BYTES) if user_data == "max" else user_data,
-        "nonce": os.urandom(nsm.MAX_NONCE_BYTES) if nonce == "max" else nonce,
-    }
-    payload = payload_of(device.attestation(**given))  # type: ignore[arg-type]
-    assert {name: payload[name] for name in given} == given
+    public_key, user_data, nonce = (
+        None if length is None else os.urandom(length)
+        for length in (public_key_len, user_data_len, nonce_len)
+    )
+    document = device.attestation(public_key=public_key, user_data=user_data, nonce=nonce)
+    payload = payload_of(document)
+    assert (payload["public_key"], payload["user_data"], payload["nonce"]) == (
+        public_key,
+        user_data,
+        nonce,
+    )
 
 
 def test_the_document_is_byte_for_byte_what_the_driver_copied_out(
