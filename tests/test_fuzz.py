@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from enclave import attestation, ber, cbor, cms, cose
 from enclave.errors import EnclaveError
 from enclave.simulator.cms_writer import encode_enveloped_data
-from noflylist import connections, envelope, server
+from noflylist import envelope, http_framing, server
 from noflylist.metrics import Metrics
 from noflylist.service import ListHolder
 from noflylist.sources import FileSource
@@ -171,17 +171,17 @@ def fuzz_envelope(data: bytes) -> None:
 
 def fuzz_http_framing(data: bytes) -> None:
     """Frame requests from ``data`` as the connection loop does; every one is whole."""
-    connection = connections._Connection(None, 0.0)  # type: ignore[arg-type]  # no socket used
-    connection.buffer += data
+    framer = http_framing.RequestFramer()
+    framer.buffer += data
     for _ in range(len(data) + 1):  # each framed request consumes bytes, so this ends
-        request = connection.take_request(0.0)
+        request = framer.take_request(0.0)
         if request is None:
             return
         assert len(request.body) == int(request.headers.get("content-length", "0"))
 
 
 def fuzz_query(data: bytes) -> None:
-    # The request target is visible ASCII by the time the query is parsed (connections.py).
+    # The request target is visible ASCII by the time the query is parsed (http_framing.py).
     query = bytes(b for b in data if 0x21 <= b <= 0x7E).decode("ascii")
     for names in server._parse_query(query).values():
         for name in names:
@@ -190,20 +190,20 @@ def fuzz_query(data: bytes) -> None:
 
 def fuzz_json_body(data: bytes) -> None:
     headers = {"content-type": "application/json"}
-    request = connections.Request("POST", "/v1/screen", False, headers, data, True, 0.0)
+    request = http_framing.Request("POST", "/v1/screen", False, headers, data, True, 0.0)
     names = server._parse_manifest(request)
     assert names and all(isinstance(name, str) for name in names)
 
 
 def fuzz_http_app(data: bytes) -> None:
     """Frame ``data`` and answer every request: always well-formed HTTP, never a 500."""
-    connection = connections._Connection(None, 0.0)  # type: ignore[arg-type]
-    connection.buffer += data
+    framer = http_framing.RequestFramer()
+    framer.buffer += data
     app = _app()
     for _ in range(len(data) + 1):
         try:
-            request = connection.take_request(0.0)
-        except connections.RequestError as exc:
+            request = framer.take_request(0.0)
+        except http_framing.RequestError as exc:
             answer = app.reject(exc.status, exc.reason)
             request = None
         else:
@@ -225,10 +225,10 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[EnclaveError]]] = {
     "cose": (fuzz_cose, cose.COSEError),
     "attestation": (fuzz_attestation, attestation.AttestationError),
     "envelope": (fuzz_envelope, envelope.EnvelopeError),
-    "http-framing": (fuzz_http_framing, connections.RequestError),
+    "http-framing": (fuzz_http_framing, http_framing.RequestError),
     "query": (fuzz_query, server.RequestRejected),
     "json-body": (fuzz_json_body, server.RequestRejected),
-    "http-app": (fuzz_http_app, connections.RequestError),
+    "http-app": (fuzz_http_app, http_framing.RequestError),
 }
 
 
