@@ -5,30 +5,34 @@ needs):
 
 1. the environment: ``AWS_ACCESS_KEY_ID`` + ``AWS_SECRET_ACCESS_KEY`` (+ optional
    ``AWS_SESSION_TOKEN``), fixed for the life of the process;
-2. the EC2 instance metadata service, version 2 only (session tokens; the unauthenticated
-   IMDSv1 is never tried), whose temporary role credentials are refreshed before they expire.
+2. the EC2 instance metadata service, version 2 only (:mod:`enclave.imds`), whose temporary
+   role credentials are refreshed before they expire.
 
-Inside a Nitro Enclave there is no network: IMDS is reached through the parent's proxy, so
-the ``*_proxy`` variables of the environment are passed to :mod:`enclave.http`.
+This module holds the policy: which source wins, when to refresh, what to do when a refresh
+fails, and how patient to be with IMDS (the ``IMDS_*`` limits below, passed to the client at
+each fetch). :mod:`enclave.imds` holds the protocol.
 
-Every failure raises :class:`CredentialsError` with a message naming the cause and the fix.
-No message or log line carries a key, a secret, a session token or an IMDS token.
+Every failure raises :class:`CredentialsError` with a message naming the cause and the fix
+(IMDS failures keep :mod:`enclave.imds`'s message). No message or log line carries a key, a
+secret, a session token or an IMDS token.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
-from enclave import http, sigv4
+from enclave import imds, sigv4
 from enclave.errors import EnclaveError
+
+# Defined and used in enclave.imds; importable from here as before.
+from enclave.imds import DEFAULT_IMDS_ENDPOINT as DEFAULT_IMDS_ENDPOINT
+from enclave.imds import ENDPOINT_VARIABLE as ENDPOINT_VARIABLE
 
 __all__ = ["REFRESH_AHEAD", "CredentialProvider", "CredentialsError", "resolve_region"]
 
@@ -45,9 +49,8 @@ EXPIRY_MARGIN = timedelta(minutes=1)
 #: still valid, wait this long before asking IMDS again, so every request does not hit it.
 REFRESH_RETRY_INTERVAL = timedelta(seconds=30)
 
-#: botocore's variable for the IMDS address; the default is EC2's link-local address.
-ENDPOINT_VARIABLE = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
-DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+# How patient to be with IMDS. Read at each fetch (see _imds_client), so a test that
+# shortens them here is obeyed.
 #: IMDS is one hop away: it answers within milliseconds or, if the hop limit drops its
 #: answer, never. Short timeouts turn the second case into a clear error quickly.
 IMDS_CONNECT_TIMEOUT = 1.0
@@ -56,34 +59,11 @@ IMDS_READ_TIMEOUT = 2.0
 IMDS_ATTEMPTS = 3
 #: Pause between attempts, multiplied by the attempt number.
 IMDS_RETRY_PAUSE = 0.2
-#: Lifetime we ask for the IMDS session token: one fetch needs seconds, and a short-lived
-#: token is worth less to anyone who sees it.
-IMDS_TOKEN_TTL_SECONDS = 60
-#: A credentials document is about 2 KiB; anything much larger is not IMDS talking.
-IMDS_MAX_RESPONSE_BYTES = 64 * 1024
 
-# IMDS paths ("Use IMDSv2" and "Retrieve security credentials from instance metadata",
-# Amazon EC2 User Guide).
-_TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path, not a password
-_ROLE_LIST_PATH = "/latest/meta-data/iam/security-credentials/"
-_REGION_PATH = "/latest/meta-data/placement/region"
-#: Statuses worth another attempt: throttling and IMDS-side failures.
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-# IAM role names: letters, digits and +=,.@_- up to 64 characters (IAM quotas page).
-_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 # Region names such as eu-west-1, us-gov-west-1, us-isob-east-1; they become host names.
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 # Keys, secrets and tokens end up in HTTP headers: visible ASCII only, no spaces or CR/LF.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
-_EXPIRATION_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-_HOP_LIMIT_FIX = (
-    "if this runs in a container, or in an enclave reaching IMDS through the parent's proxy, "
-    "the instance's metadata hop limit must be 2: aws ec2 modify-instance-metadata-options "
-    "--instance-id <id> --http-put-response-hop-limit 2; outside EC2, configure through "
-    "the environment instead (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_REGION)"
-)
 
 
 class CredentialsError(EnclaveError):
@@ -116,11 +96,12 @@ class CredentialProvider:
         self._current: sigv4.Credentials | None = None
         self._retry_after: datetime | None = None
         # Keep only what reaching IMDS needs, not a copy of every variable (and secret).
-        self._proxy_env = _proxy_variables(env)
+        self._proxy_env = imds.proxy_variables(env)
         self._endpoint = DEFAULT_IMDS_ENDPOINT
         if self._static is None:
             _require_imds_enabled(env)
-            self._endpoint = _imds_endpoint(env)
+            with _imds_failures_as_credentials_errors():
+                self._endpoint = imds.endpoint_from_environment(env)
 
     @property
     def source(self) -> str:
@@ -205,11 +186,10 @@ def resolve_region(environ: Mapping[str, str] | None = None) -> str:
             "AWS_EC2_METADATA_DISABLED=true turns off the instance metadata service; "
             "set AWS_REGION to the region of the KMS key"
         )
-    endpoint = _imds_endpoint(env)
-    proxy_env = _proxy_variables(env)
-    token = _imds_token(endpoint, proxy_env)
-    body = _imds_get(endpoint, _REGION_PATH, token, proxy_env, "the instance's region")
-    return _checked_region(body.decode("ascii", "replace").strip(), "IMDS placement/region")
+    with _imds_failures_as_credentials_errors():
+        endpoint = imds.endpoint_from_environment(env)
+        region = _imds_client(endpoint, imds.proxy_variables(env)).region()
+    return _checked_region(region, "IMDS placement/region")
 
 
 # -- environment ------------------------------------------------------------------------
@@ -266,51 +246,37 @@ def _require_imds_enabled(env: Mapping[str, str]) -> None:
         )
 
 
-def _imds_endpoint(env: Mapping[str, str]) -> str:
-    """The IMDS base URL: plain http, a host, and nothing after it."""
-    endpoint = env.get(ENDPOINT_VARIABLE, "") or DEFAULT_IMDS_ENDPOINT
-    if not _is_plain_http_base(endpoint):
-        raise CredentialsError(
-            f"{ENDPOINT_VARIABLE} must be an http:// URL with only a host and port, such "
-            f"as {DEFAULT_IMDS_ENDPOINT}; unset it to use the EC2 default"
-        )
-    return endpoint.rstrip("/")
+# -- IMDS -------------------------------------------------------------------------------
 
 
-def _is_plain_http_base(url: str) -> bool:
+@contextmanager
+def _imds_failures_as_credentials_errors() -> Iterator[None]:
+    """Callers of this module see one error type; the IMDS message already names the fix."""
     try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError when out of range or not a number
-    except ValueError:
-        return False
-    return (
-        parts.scheme == "http"
-        and bool(parts.hostname)
-        and port != 0
-        and parts.path in ("", "/")
-        and not parts.query
-        and not parts.fragment
-        and parts.username is None
+        yield
+    except imds.ImdsError as exc:
+        # "from None": the message is the same, and nothing else is worth keeping.
+        raise CredentialsError(str(exc)) from None
+
+
+def _imds_client(endpoint: str, proxy_env: Mapping[str, str]) -> imds.ImdsClient:
+    """An IMDS client with this module's limits as they are now."""
+    return imds.ImdsClient(
+        endpoint=endpoint,
+        proxy_env=proxy_env,
+        connect_timeout=IMDS_CONNECT_TIMEOUT,
+        read_timeout=IMDS_READ_TIMEOUT,
+        attempts=IMDS_ATTEMPTS,
+        retry_pause=IMDS_RETRY_PAUSE,
     )
-
-
-def _proxy_variables(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.lower().endswith("_proxy")}
-
-
-# -- IMDSv2 ("Use IMDSv2", Amazon EC2 User Guide) ---------------------------------------
 
 
 def _fetch_imds_credentials(
     endpoint: str, proxy_env: Mapping[str, str], now: datetime
 ) -> sigv4.Credentials:
-    """The three IMDSv2 steps: a session token, the role name, the role's credentials."""
-    token = _imds_token(endpoint, proxy_env)
-    role = _imds_role_name(endpoint, token, proxy_env)
-    document = _imds_get(
-        endpoint, _ROLE_LIST_PATH + role, token, proxy_env, f"the credentials of role {role}"
-    )
-    credentials = _parse_credentials_document(document, role)
+    """The role's credentials from IMDS, refused if this host's clock says they are spent."""
+    with _imds_failures_as_credentials_errors():
+        credentials = _imds_client(endpoint, proxy_env).role_credentials()
     if not _usable(credentials, now):
         raise CredentialsError(
             f"IMDS returned credentials that expire at {_stamp(credentials)}, but this "
@@ -319,171 +285,13 @@ def _fetch_imds_credentials(
     return credentials
 
 
-def _imds_token(endpoint: str, proxy_env: Mapping[str, str]) -> str:
-    """Step 1: PUT /latest/api/token with the TTL header returns a session token."""
-    response = _imds_call(
-        "PUT",
-        endpoint + _TOKEN_PATH,
-        {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL_SECONDS)},
-        proxy_env,
-        "a session token",
-    )
-    if response.status == 403:
-        raise CredentialsError(
-            "IMDS refused a session token (HTTP 403): metadata access is turned off "
-            "(aws ec2 modify-instance-metadata-options --http-endpoint enabled), or a proxy "
-            "on the way added X-Forwarded-For, which IMDS rejects; configure it not to"
-        )
-    if response.status != 200:
-        raise CredentialsError(
-            f"IMDS at {endpoint} answered HTTP {response.status} to the session token "
-            "request (PUT /latest/api/token); only IMDSv2 is used: check that "
-            f"{ENDPOINT_VARIABLE} points at EC2's metadata service, and try again later"
-        )
-    token = response.body.decode("ascii", "replace")
-    if not _HEADER_SAFE.fullmatch(token):
-        raise CredentialsError(
-            f"IMDS at {endpoint} returned an empty or malformed session token; check that "
-            f"{ENDPOINT_VARIABLE} points at the instance metadata service"
-        )
-    return token
-
-
-def _imds_role_name(endpoint: str, token: str, proxy_env: Mapping[str, str]) -> str:
-    """Step 2: the security-credentials listing names the instance's role."""
-    body = _imds_get(endpoint, _ROLE_LIST_PATH, token, proxy_env, "the IAM role list")
-    lines = body.decode("ascii", "replace").splitlines()
-    role = lines[0].strip() if lines else ""
-    if not _ROLE_NAME.fullmatch(role):
-        raise CredentialsError(
-            "IMDS returned a role list whose first line is not an IAM role name; check "
-            "the instance profile (aws ec2 describe-iam-instance-profile-associations)"
-        )
-    return role
-
-
-def _imds_get(
-    endpoint: str, path: str, token: str, proxy_env: Mapping[str, str], what: str
-) -> bytes:
-    """GET one metadata item with the session token; statuses become clear errors."""
-    response = _imds_call(
-        "GET", endpoint + path, {"X-aws-ec2-metadata-token": token}, proxy_env, what
-    )
-    if response.status == 200 and response.body:
-        return response.body
-    if response.status == 404 and path == _ROLE_LIST_PATH:
-        raise CredentialsError(
-            "no IAM role is attached to this instance (IMDS has no security credentials): "
-            "attach an instance profile whose role may call kms:Decrypt: aws ec2 "
-            "associate-iam-instance-profile --instance-id <id> --iam-instance-profile "
-            "Name=<profile>"
-        )
-    if response.status == 401:
-        raise CredentialsError(
-            f"IMDS refused the session token (HTTP 401) when asked for {what}: the token "
-            "expired, or a proxy on the way dropped the X-aws-ec2-metadata-token header; "
-            "make sure the proxy forwards it"
-        )
-    raise CredentialsError(
-        f"IMDS answered HTTP {response.status} with {len(response.body)} bytes when asked "
-        f"for {what}; try again later, and check the instance's metadata options "
-        "(aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions')"
-    )
-
-
-def _imds_call(
-    method: str, url: str, headers: dict[str, str], proxy_env: Mapping[str, str], what: str
-) -> http.Response:
-    """One IMDS request with a couple of retries for transient failures.
-
-    Any HTTP status is returned once retries are used up; only the transport failing
-    every time raises, with the hop-limit hint, its usual cause.
-    """
-    cause = "no attempt made"
-    for attempt in range(1, IMDS_ATTEMPTS + 1):
-        try:
-            response = http.request(
-                method,
-                url,
-                headers=headers,
-                connect_timeout=IMDS_CONNECT_TIMEOUT,
-                read_timeout=IMDS_READ_TIMEOUT,
-                max_response_bytes=IMDS_MAX_RESPONSE_BYTES,
-                environ=proxy_env,
-            )
-        except http.TransportError as exc:
-            cause = str(exc)
-            if not exc.transient:
-                break
-        else:
-            if response.status not in _RETRY_STATUSES or attempt == IMDS_ATTEMPTS:
-                return response
-            cause = f"HTTP {response.status}"
-        if attempt < IMDS_ATTEMPTS:
-            time.sleep(IMDS_RETRY_PAUSE * attempt)
-    raise CredentialsError(
-        f"could not reach the instance metadata service at {url.split('/latest', 1)[0]} "
-        f"for {what} ({cause}); {_HOP_LIMIT_FIX}"
-    )
-
-
-# -- the credentials document -----------------------------------------------------------
-
-
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
 def _parse_credentials_document(body: bytes, role: str) -> sigv4.Credentials:
-    """Strictly parse IMDS's credentials JSON; never echo a field's value in an error."""
-    try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        # "from None": a JSONDecodeError keeps the whole document, secrets included.
-        raise CredentialsError(
-            f"IMDS returned credentials for role {role} that are not valid JSON; "
-            "try again, and report it if it persists"
-        ) from None
-    if not isinstance(document, dict):
-        raise CredentialsError(
-            f"IMDS returned credentials for role {role} that are not a JSON object"
-        )
-    code = document.get("Code")
-    if code != "Success":
-        shown = code if isinstance(code, str) and re.fullmatch(r"\w{1,64}", code) else "?"
-        raise CredentialsError(
-            f"IMDS could not provide credentials for role {role} (Code {shown}): the role's "
-            "trust policy must let ec2.amazonaws.com assume it, and the instance profile "
-            "must still exist"
-        )
-    fields: dict[str, str] = {}
-    for name in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration"):
-        value = document.get(name)
-        if not isinstance(value, str) or not _HEADER_SAFE.fullmatch(value):
-            raise CredentialsError(
-                f"IMDS credentials for role {role} lack a usable {name} field (missing, "
-                "empty or not printable ASCII); try again, and report it if it persists"
-            )
-        fields[name] = value
-    try:
-        expiration = datetime.strptime(fields["Expiration"], _EXPIRATION_FORMAT)
-    except ValueError:
-        raise CredentialsError(
-            f"IMDS credentials for role {role} have an Expiration that is not of the form "
-            "2024-01-31T12:00:00Z"
-        ) from None
-    return sigv4.Credentials(
-        access_key_id=fields["AccessKeyId"],
-        secret_access_key=fields["SecretAccessKey"],
-        session_token=fields["Token"],
-        expiration=expiration.replace(tzinfo=UTC),
-    )
+    """:func:`enclave.imds.parse_credentials_document`, failing with CredentialsError."""
+    with _imds_failures_as_credentials_errors():
+        return imds.parse_credentials_document(body, role)
 
 
-# -- expiry -----------------------------------------------------------------------------
+# -- expiry and region ------------------------------------------------------------------
 
 
 def _needs_refresh(credentials: sigv4.Credentials, now: datetime) -> bool:
