@@ -1,10 +1,9 @@
 """HTTP(S) the way an enclave must do it: through the egress proxy, TLS always verified.
 
-Inside an enclave the only way out is the HTTP proxy that the runtime (Enclaver) names in
-``https_proxy``/``http_proxy``; ``no_proxy`` lists hosts reached directly (Enclaver sets
-``localhost,127.0.0.1``). HTTPS goes through a ``CONNECT`` tunnel, so the proxy sees only the
-host name and encrypted bytes; plain ``http://`` (the instance metadata service) is sent to the
-proxy in absolute-form.
+Inside an enclave the only way out is the HTTP proxy named in ``https_proxy``/``http_proxy``
+(which proxy, if any, serves a URL is :mod:`enclave.proxy`'s concern). HTTPS goes through a
+``CONNECT`` tunnel, so the proxy sees only the host name and encrypted bytes; plain ``http://``
+(the instance metadata service) is sent to the proxy in absolute-form.
 
 Design choices a reviewer should know:
 
@@ -26,10 +25,8 @@ Design choices a reviewer should know:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
-import ipaddress
 import os
 import re
 import socket
@@ -38,9 +35,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError
+from enclave.proxy import Proxy, ProxyError, bracket_ipv6, parse_proxy, proxy_setting
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -61,6 +59,7 @@ _CHUNK_BYTES = 64 * 1024  # body read size: one read is never larger than this
 _MAX_PROXY_LINE = 8 * 1024  # longest line accepted in a proxy's answer to CONNECT
 _MAX_PROXY_HEADERS = 64  # most header lines accepted in a proxy's answer to CONNECT
 _MAX_REASON_CHARS = 80  # a proxy's reason phrase is quoted in errors, cut to this length
+_RETRY_HINT = "retry later"  # the fix an error names when its cause suggests none better
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Headers this module writes itself; a caller setting them could desynchronise the framing.
@@ -106,29 +105,14 @@ class _Target:
     @property
     def authority(self) -> str:
         """``host:port`` as written in ``CONNECT`` and absolute URLs (IPv6 in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{bracket_ipv6(self.host)}:{self.port}"
 
     @property
     def host_header(self) -> str:
         """The ``Host`` header value: the port is left out when it is the scheme's default."""
         if self.port == _DEFAULT_PORTS[self.scheme]:
-            return f"[{self.host}]" if ":" in self.host else self.host
+            return bracket_ipv6(self.host)
         return self.authority
-
-
-@dataclass(frozen=True)
-class _Proxy:
-    """A forward proxy from ``https_proxy``/``http_proxy``; ``str()`` never shows credentials."""
-
-    variable: str  # the environment variable it came from, for error messages
-    host: str
-    port: int
-    authorization: str | None  # a ready ``Proxy-Authorization`` value, or None
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port} (from {self.variable})"
 
 
 def request(
@@ -151,8 +135,7 @@ def request(
     env = os.environ if environ is None else environ
     target = _parse_url(url)
     sent_headers = _request_headers(method, target, headers or {}, body)
-    setting = _proxy_setting(target, env)
-    proxy = None if setting is None else _parse_proxy(setting[1], setting[0])
+    proxy = _proxy(target, env)
     context, trust = _tls_context(env) if target.scheme == "https" else (None, "")
 
     sock = _open(target, proxy, context, trust, connect_timeout, read_timeout)
@@ -168,7 +151,7 @@ def request(
                 sent_headers["Proxy-Authorization"] = proxy.authorization
         else:
             path = target.path
-        with _translated(f"request to {target.authority} failed", _RETRY_HINT):
+        with _translated(f"request to {target.authority} failed"):
             conn.request(method, path, body=body or None, headers=sent_headers)
             response = conn.getresponse()
             return Response(
@@ -183,87 +166,25 @@ def request(
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
     """The proxy URL (as configured, possibly with credentials) to use for ``url``, or None.
 
-    ``https_proxy`` serves https:// URLs and ``http_proxy`` serves http:// URLs; each is read
-    in lower case first, then upper case, and an empty value counts as unset. ``no_proxy``
-    (either case) is a comma list of: ``*`` (no proxy at all); a domain, with or without a
-    leading ``.`` or ``*.``, matching itself and its subdomains; an IPv4 or IPv6 address
-    (brackets optional) or CIDR range; any of these followed by ``:port`` to match that port
-    only.
+    The rules (``https_proxy``, ``http_proxy``, ``no_proxy``) are those of
+    :func:`enclave.proxy.proxy_setting`; ``url`` is checked as :func:`request` checks it.
     """
-    setting = _proxy_setting(_parse_url(url), environ)
+    target = _parse_url(url)
+    setting = proxy_setting(target.scheme, target.host, target.port, environ)
     return None if setting is None else setting[1]
 
 
-def _proxy_setting(target: _Target, environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """The variable and proxy URL that apply to an already parsed URL, or None."""
-    found = _getenv(environ, f"{target.scheme}_proxy")
-    no_proxy = _getenv(environ, "no_proxy")
-    if found is None or (no_proxy is not None and _bypassed(target, no_proxy[1])):
+def _proxy(target: _Target, environ: Mapping[str, str]) -> Proxy | None:
+    """The proxy this request goes through, or None; a bad setting is a :class:`TransportError`."""
+    setting = proxy_setting(target.scheme, target.host, target.port, environ)
+    if setting is None:
         return None
-    return found
-
-
-def _getenv(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    """(variable, value) for ``name`` in lower case, else upper case; empty means unset."""
-    for key in (name, name.upper()):
-        value = environ.get(key, "").strip()
-        if value:
-            return key, value
-    return None
-
-
-def _bypassed(target: _Target, no_proxy: str) -> bool:
-    """Whether an entry of ``no_proxy`` matches the target's host (and port, if it names one)."""
-    host = target.host.rstrip(".")
-    for raw in no_proxy.split(","):
-        entry = raw.strip().lower()
-        if entry == "*":
-            return True
-        entry_host, entry_port = _split_no_proxy_entry(entry)
-        if entry_port is not None and entry_port != target.port:
-            continue
-        if entry_host and _host_matches(host, entry_host):
-            return True
-    return False
-
-
-def _split_no_proxy_entry(entry: str) -> tuple[str, int | None]:
-    """Split ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or bare ``v6``; "" if malformed."""
-    if entry.startswith("["):
-        address, bracket, rest = entry[1:].partition("]")
-        if not bracket:
-            return "", None
-        if not rest:
-            return address, None
-        return (address, int(rest[1:])) if re.fullmatch(r":[0-9]{1,5}", rest) else ("", None)
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return (host, int(port)) if re.fullmatch(r"[0-9]{1,5}", port) else ("", None)
-    return entry, None  # a name, an IPv4 address, a bare IPv6 address or a CIDR range
-
-
-def _host_matches(host: str, entry: str) -> bool:
-    """Whether one ``no_proxy`` host entry (lowercase, port removed) covers ``host``."""
-    address = _ip(host)
-    if "/" in entry:
-        try:
-            network = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            return False
-        return address is not None and address in network
-    entry_address = _ip(entry)
-    if address is not None or entry_address is not None:
-        return address == entry_address  # addresses match addresses only, exactly
-    domain = entry.removeprefix("*").strip(".")
-    return bool(domain) and (host == domain or host.endswith("." + domain))
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """``text`` as an IP address, or None if it is not one."""
+    variable, value = setting
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
+        return parse_proxy(value, variable)
+    except ProxyError as exc:
+        # Not transient: the setting must be fixed. The message names the variable only.
+        raise TransportError(str(exc), transient=False) from None
 
 
 def _parse_url(url: str) -> _Target:
@@ -294,30 +215,6 @@ def _parse_url(url: str) -> _Target:
                              transient=False)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return _Target(scheme, parts.hostname, port or _DEFAULT_PORTS[scheme], path)
-
-
-def _parse_proxy(value: str, variable: str) -> _Proxy:
-    """Parse a proxy setting such as ``http://user:pass@127.0.0.1:9000`` or ``host:port``."""
-    try:
-        parts = urlsplit(value if "://" in value else f"http://{value}")
-        port = parts.port
-    except ValueError:
-        raise TransportError(
-            f"{variable} cannot be parsed; give http://[user:password@]host:port",
-            transient=False,
-        ) from None
-    if parts.scheme.lower() != "http" or not parts.hostname or parts.path not in ("", "/"):
-        raise TransportError(
-            f"{variable} must be http://[user:password@]host:port (the proxy is spoken to in "
-            f"plain HTTP; https://, socks and paths are not supported)",
-            transient=False,
-        )
-    authorization = None
-    if parts.username is not None:
-        # RFC 7617 §2: Basic credentials are base64("user:password"); URLs percent-encode them.
-        userpass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(userpass.encode("utf-8")).decode("ascii")
-    return _Proxy(variable, parts.hostname, port or 80, authorization)
 
 
 def _request_headers(
@@ -368,7 +265,7 @@ def _tls_context(environ: Mapping[str, str]) -> tuple[ssl.SSLContext, str]:
 
 def _open(
     target: _Target,
-    proxy: _Proxy | None,
+    proxy: Proxy | None,
     context: ssl.SSLContext | None,
     trust: str,
     connect_timeout: float,
@@ -387,19 +284,18 @@ def _open(
     try:
         sock.settimeout(read_timeout)
         if proxy is not None and context is not None:
-            with _translated(f"proxy {proxy} failed opening a tunnel to {target.authority}",
-                             _RETRY_HINT):
+            with _translated(f"proxy {proxy} failed opening a tunnel to {target.authority}"):
                 _open_tunnel(sock, target, proxy)
         if context is None:
             return sock
-        with _translated(f"TLS with {target.authority} (trusting {trust}) failed", _RETRY_HINT):
+        with _translated(f"TLS with {target.authority} (trusting {trust}) failed"):
             return context.wrap_socket(sock, server_hostname=target.host)
     except BaseException:
         sock.close()
         raise
 
 
-def _open_tunnel(sock: socket.socket, target: _Target, proxy: _Proxy) -> None:
+def _open_tunnel(sock: socket.socket, target: _Target, proxy: Proxy) -> None:
     """Ask the proxy for a tunnel to the target; return once it answered 2xx.
 
     RFC 9110 §9.3.6: ``CONNECT`` takes the authority-form ``host:port``, and any 2xx answer
@@ -432,7 +328,7 @@ def _open_tunnel(sock: socket.socket, target: _Target, proxy: _Proxy) -> None:
     )
 
 
-def _read_connect_answer(sock: socket.socket, proxy: _Proxy) -> tuple[int, str]:
+def _read_connect_answer(sock: socket.socket, proxy: Proxy) -> tuple[int, str]:
     """Read the proxy's status line and header lines (ignored); return status and reason."""
     # Unbuffered, so no byte of the TLS stream that follows the answer is consumed here.
     with sock.makefile("rb", buffering=0) as answer:
@@ -456,7 +352,7 @@ def _read_connect_answer(sock: socket.socket, proxy: _Proxy) -> tuple[int, str]:
     )
 
 
-def _read_proxy_line(answer: socket.SocketIO, proxy: _Proxy) -> bytes:
+def _read_proxy_line(answer: socket.SocketIO, proxy: Proxy) -> bytes:
     """One CRLF-terminated line of at most ``_MAX_PROXY_LINE`` bytes, without its ending."""
     line: bytes = answer.readline(_MAX_PROXY_LINE + 1)
     if line.endswith(b"\n"):
@@ -512,9 +408,6 @@ def _read_body(response: http.client.HTTPResponse, target: _Target, limit: int) 
     return b"".join(chunks)
 
 
-_RETRY_HINT = "retry later"
-
-
 def _classify(exc: OSError | http.client.HTTPException) -> tuple[str, bool, str | None]:
     """Cause in words, whether a retry may help, and a specific fix (None: use the default)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -547,8 +440,12 @@ def _classify(exc: OSError | http.client.HTTPException) -> tuple[str, bool, str 
 
 
 @contextlib.contextmanager
-def _translated(doing: str, hint: str) -> Iterator[None]:
-    """Turn socket, TLS and http.client errors into :class:`TransportError`."""
+def _translated(doing: str, hint: str = _RETRY_HINT) -> Iterator[None]:
+    """Turn socket, TLS and http.client errors into :class:`TransportError`.
+
+    The message is ``doing: cause; fix``, where the fix is specific to the cause when there is
+    one, else ``hint``.
+    """
     try:
         yield
     except (OSError, http.client.HTTPException) as exc:
