@@ -1,19 +1,30 @@
 """``noflylist serve`` at 15, 1 million and 2 million names: start-up, memory, lookup latency.
 
 For each size it seals synthetic names (``bench_screening.synthetic_names``, fixed seed)
-under the local KMS, starts ``noflylist serve`` and measures:
+under the local KMS, starts ``noflylist serve`` (one size at a time, so start-up is timed
+alone) and measures:
 
 * **start-up**: from process start to ``/readyz`` answering 200, and the service's own log
   figure for fetch + KMS + decrypt + table build;
 * **memory**: resident set (VmRSS) once ready, its high-water mark (VmHWM, the build's
-  peak), and bytes per entry: the RSS above the 15-name service's, per name;
-* **lookup latency over HTTP**: listed, absent and one-letter-off names interleaved on one
-  keep-alive connection, each request timed alone (median and p99).
+  peak), and bytes per entry: the RSS above the 15-name service's, per name.
 
-The demo-shaped baseline (Flask development server, a ``list``) runs beside it at each
-size, with fewer lookups at 1M and more (its misses scan the whole list).
+Then, with the services of every size running at once, **lookup latency over HTTP**:
+listed, absent and one-letter-off names for every size, all shuffled into one sequence (one
+keep-alive connection a service), each request timed alone. Interleaving puts the machine's
+noise on every size alike, and every server is pinned to one CPU and the client to the
+other, so all servers are placed alike; only then does the ratio between sizes mean
+something on a shared 2-CPU machine.
 
-Run from the repository root (about 5 minutes)::
+The demo-shaped baseline (Flask development server, a ``list``) is measured the same way,
+with fewer lookups (its misses scan the whole list).
+
+Last, a **memory diagnosis** in a plain Python process: the same decrypt-and-build as the
+service's load, then the resident set after ``gc.collect()`` and after glibc's
+``malloc_trim(0)``, to tell the table's own bytes from memory the build freed but the
+allocator kept.
+
+Run from the repository root (about 6 minutes)::
 
     python3 bench/bench_scale.py [--sizes 15,1000000,2000000]
 """
@@ -21,12 +32,15 @@ Run from the repository root (about 5 minutes)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,11 +50,11 @@ from bench_screening import one_letter_off, synthetic_names
 
 SIZES = (15, 1_000_000, 2_000_000)
 KINDS = ("listed", "absent", "near")
-#: Lookups a kind for noflylist (each a few hundred microseconds).
+#: Lookups a kind and size for noflylist (each a few hundred microseconds).
 LOOKUPS = 3000
-#: Lookups a kind for the baseline at 1000 names or more (a miss scans the whole list).
-BASELINE_LOOKUPS_LARGE = 100
-#: Untimed requests first, so the connection and both servers' code paths are warm.
+#: Lookups a kind and size for the baseline (a miss scans the whole list: ~25 ms at 2M).
+BASELINE_LOOKUPS = 100
+#: Untimed requests first, so every connection and code path is warm.
 WARMUP = 200
 BYTES_PER_ENTRY_TARGET = 32
 FLAT_TARGET = 1.10
@@ -59,100 +73,159 @@ def queries(names: list[str], rng: random.Random, count: int) -> dict[str, list[
     return {"listed": rng.choices(names, k=count), "absent": absent, "near": near[:count]}
 
 
-def time_lookups(port: int, pool: dict[str, list[str]], per_kind: int,
-                 rng: random.Random) -> dict[str, list[float]]:  # fmt: skip
-    """Seconds per request, by kind, all kinds shuffled together."""
-    order = [(kind, rng.choice(pool[kind])) for kind in KINDS for _ in range(per_kind)]
-    rng.shuffle(order)
-    warm = [("warm-up", name) for name in pool["absent"][:WARMUP]]
-    timings = harness.timed_requests(port, warm + order)
-    return {kind: timings[kind] for kind in KINDS}
-
-
 @dataclass
 class Row:
     size: int
     server: str
+    port: int
     ready: float  # seconds from process start to /readyz 200
     build: float | None  # the service's own figure: fetch, KMS, decrypt, build
     rss: int
     peak: int
-    timings: dict[str, list[float]]
+    timings: dict[str, list[float]] = field(default_factory=dict)
 
 
-def measure(size: int, server: harness.Running, pool: dict[str, list[str]],
-            rng: random.Random) -> Row:  # fmt: skip
-    try:
-        ready = harness.wait_ready(server, "/readyz")
-        rss = harness.process_tree_rss(server.process.pid)
-        peak = harness.peak_rss(server.process.pid)
-        large_baseline = server.name != "noflylist" and size >= 1000
-        per_kind = BASELINE_LOOKUPS_LARGE if large_baseline else LOOKUPS
-        timings = time_lookups(server.port, pool, per_kind, rng)
-    finally:
-        server.stop()
+def started(server: harness.Running, size: int) -> Row:
+    ready = harness.wait_ready(server, "/readyz")
     build = _BUILD_LINE.search(server.log.read_text())
-    return Row(size, server.name, ready, float(build.group(1)) if build else None, rss, peak,
-               timings)  # fmt: skip
+    return Row(size, server.name, server.port, ready, float(build.group(1)) if build else None,
+               harness.process_tree_rss(server.process.pid),
+               harness.peak_rss(server.process.pid))  # fmt: skip
+
+
+def interleaved_lookups(rows: list[Row], pools: dict[int, dict[str, list[str]]],
+                        per_kind: int, rng: random.Random) -> None:  # fmt: skip
+    """Fill each row's timings: every size and kind shuffled into one sequence."""
+    order = [((row.size, kind), row.port, rng.choice(pools[row.size][kind]))
+             for row in rows for kind in KINDS for _ in range(per_kind)]  # fmt: skip
+    rng.shuffle(order)
+    warm = [(("warm-up", 0), row.port, name)
+            for row in rows for name in pools[row.size]["absent"][:WARMUP]]  # fmt: skip
+    timings = harness.timed_requests(warm + order)
+    for row in rows:
+        row.timings = {kind: timings[(row.size, kind)] for kind in KINDS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.seed)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     print(harness.machine())
     print(f"command: python3 {' '.join(sys.argv)}\n")
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rng = random.Random(args.seed)
-    rows = []
-    for size in sizes:
-        names = synthetic_names(size, rng)
-        pool = queries(names, rng, 2000)
-        with harness.SealedList(names) as sealed:
+    rows: dict[str, list[Row]] = {"noflylist": [], "flask-dev": []}
+    pools: dict[int, dict[str, list[str]]] = {}
+    with contextlib.ExitStack() as stack:
+        for size in sizes:
+            names = synthetic_names(size, rng)
+            pools[size] = queries(names, rng, 2000)
+            sealed = stack.enter_context(harness.SealedList(names))
             del names
-            for server in (harness.start_noflylist(sealed, folder),
-                           harness.start_flask_dev(sealed.names_file, folder)):  # fmt: skip
-                row = measure(size, server, pool, rng)
-                rows.append(row)
+            ours = harness.start_noflylist(sealed, folder, pin=True)
+            for server in (ours, harness.start_flask_dev(sealed.names_file, folder, pin=True)):
+                stack.callback(server.stop)
+                row = started(server, size)
+                rows[row.server].append(row)
                 print(f"{size:>9} {row.server:<10} ready {row.ready:6.2f} s  RSS "
-                      f"{row.rss / 2**20:7.1f} MiB  peak {row.peak / 2**20:7.1f} MiB  median "
-                      + "  ".join(f"{k} {statistics.median(row.timings[k]) * 1e6:.0f} us"
-                                  for k in KINDS), flush=True)  # fmt: skip
+                      f"{row.rss / 2**20:7.1f} MiB  peak {row.peak / 2**20:7.1f} MiB",
+                      flush=True)  # fmt: skip
+        harness.pin_client()
+        interleaved_lookups(rows["noflylist"], pools, LOOKUPS, rng)
+        interleaved_lookups(rows["flask-dev"], pools, BASELINE_LOOKUPS, rng)
     report(rows, sizes)
+    diagnose_memory(max(sizes), args.seed)
 
 
-def report(rows: list[Row], sizes: list[int]) -> None:
-    def row(size: int, server: str) -> Row:
-        return next(r for r in rows if r.size == size and r.server == server)
-
+def report(rows: dict[str, list[Row]], sizes: list[int]) -> None:
     small, large = min(sizes), max(sizes)
-    print("\nstart-up, memory and HTTP lookup latency (us, median / p99)")
+    print(f"\nstart-up, memory and HTTP lookup latency (us, median / p99; {LOOKUPS} lookups a "
+          f"kind and size for noflylist, {BASELINE_LOOKUPS} for flask-dev, all interleaved)")
     print(f"{'size':>9} {'server':<10} {'ready s':>8} {'build s':>8} {'RSS MiB':>8} "
           f"{'peak MiB':>9} {'B/entry':>8} " + "".join(f"{k:>18}" for k in KINDS))  # fmt: skip
-    for server in ("noflylist", "flask-dev"):
-        base = row(small, server)
-        for size in sizes:
-            r = row(size, server)
-            per_entry = (r.rss - base.rss) / size if size != small else float("nan")
+    for server, server_rows in rows.items():
+        base = next(r for r in server_rows if r.size == small)
+        for r in server_rows:
+            per_entry = (r.rss - base.rss) / r.size if r.size != small else float("nan")
             build = f"{r.build:8.2f}" if r.build is not None else f"{'-':>8}"
             cells = "".join(
                 f"{statistics.median(r.timings[k]) * 1e6:>9.0f} / "
                 f"{harness.percentile(r.timings[k], 0.99) * 1e6:<6.0f}" for k in KINDS)
-            print(f"{size:>9} {server:<10} {r.ready:8.2f} {build} {r.rss / 2**20:8.1f} "
+            print(f"{r.size:>9} {server:<10} {r.ready:8.2f} {build} {r.rss / 2**20:8.1f} "
                   f"{r.peak / 2**20:9.1f} {per_entry:8.1f} {cells}")  # fmt: skip
-    ours_small, ours_large = row(small, "noflylist"), row(large, "noflylist")
-    per_entry = (ours_large.rss - ours_small.rss) / large
+    ours = {r.size: r for r in rows["noflylist"]}
+    per_entry = (ours[large].rss - ours[small].rss) / large
     verdict = "met" if per_entry <= BYTES_PER_ENTRY_TARGET else "MISSED"
     print(f"\ntargets:\n  bytes per entry at {large} names at most {BYTES_PER_ENTRY_TARGET}: "
           f"{per_entry:.1f}  {verdict}")  # fmt: skip
     for kind in KINDS:
-        ratio = (statistics.median(ours_large.timings[kind])
-                 / statistics.median(ours_small.timings[kind]))  # fmt: skip
+        ratio = (statistics.median(ours[large].timings[kind])
+                 / statistics.median(ours[small].timings[kind]))  # fmt: skip
         verdict = "met" if ratio <= FLAT_TARGET else "MISSED"
-        print(f"  {kind} lookup latency, {large} vs {small} names, within "
+        print(f"  {kind} lookup latency over HTTP, {large} vs {small} names, within "
               f"{FLAT_TARGET:.2f}: {ratio:.3f}  {verdict}")  # fmt: skip
+
+
+# -- memory diagnosis --------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def memory_child(size: int, seed: int) -> None:
+    """In a fresh process: the service's decrypt-and-build of ``size`` names; print JSON."""
+    import ctypes
+    import gc
+
+    from noflylist import envelope
+    from noflylist.screening import ScreeningTable
+
+    class FixedKey:
+        key = bytes(32)
+
+        def decrypt(self, blob: bytes, **_: object) -> bytes:
+            return self.key
+
+        def generate_data_key(self, key_id: str, **_: object) -> object:
+            from enclave.kms import DataKey
+
+            return DataKey("k", b"blob", self.key, None)
+
+    document = envelope.seal_v2(synthetic_names(size, random.Random(seed)), FixedKey(), "k",
+                                serial=1)  # type: ignore[arg-type]  # fmt: skip
+    gc.collect()
+    before = _rss()
+    table = ScreeningTable.build(envelope.decrypt(envelope.parse(document), FixedKey()))
+    built = _rss()
+    gc.collect()
+    collected = _rss()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trimmed = _rss()
+    sizes = {"before": before, "built": built, "collected": collected, "trimmed": trimmed}
+    print(json.dumps({**sizes, "table": table.nbytes, "entries": len(table)}))
+
+
+def diagnose_memory(size: int, seed: int) -> None:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(size), "--seed", str(seed)],
+        capture_output=True, text=True, check=True, timeout=600)  # fmt: skip
+    m = json.loads(completed.stdout.strip().splitlines()[-1])
+    per = {key: (m[key] - m["before"]) / m["entries"] for key in ("built", "collected", "trimmed")}
+    print(f"\nmemory diagnosis, {m['entries']} names in a plain Python process (bytes per entry "
+          f"above the process before the load):\n"
+          f"  the table's buffer                     {m['table'] / m['entries']:6.1f}\n"
+          f"  RSS after decrypt and build            {per['built']:6.1f}\n"
+          f"  RSS after gc.collect()                 {per['collected']:6.1f}\n"
+          f"  RSS after malloc_trim(0)               {per['trimmed']:6.1f}  (freed build "
+          "temporaries the allocator had kept)")  # fmt: skip
 
 
 if __name__ == "__main__":

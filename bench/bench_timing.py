@@ -10,7 +10,8 @@ on the class. dudect also crops the slowest samples, where noise from the machin
 
 Measured four ways, with the baseline beside ours:
 
-* **over HTTP** against ``noflylist serve`` (20k samples a class on one keep-alive
+* **over HTTP** (each server pinned to one CPU, the client to the other) against
+  ``noflylist serve`` (20k samples a class on one keep-alive
   connection) and against the demo-shaped Flask baseline (fewer: each miss scans 1M names);
 * **in process** on the decision function, ``noflylist.screening.screen`` (normalise, look
   up in the table, answer), and on the demo's ``name.replace(" ", "").lower() in names``;
@@ -68,6 +69,12 @@ def schedule(pool: dict[str, list[str]], per_class: int,
     order = [(kind, rng.choice(pool[kind])) for kind in CLASSES for _ in range(per_class)]
     rng.shuffle(order)
     return [("warm-up", rng.choice(pool["unlisted"])) for _ in range(WARMUP)] + order
+
+
+def over_http(port: int, order: list[tuple[str, str]]) -> dict[str, list[float]]:
+    """Seconds per request, by class, in the order given."""
+    timings = harness.timed_requests([(kind, port, name) for kind, name in order])
+    return {str(kind): samples for kind, samples in timings.items()}
 
 
 def time_in_process(decide: Callable[[str], str], order: list[tuple[str, str]],
@@ -164,19 +171,19 @@ def main() -> None:
     worst: dict[str, float] = {}
 
     with harness.SealedList(names) as sealed:
-        server = harness.start_noflylist(sealed, folder)
+        harness.pin_client()
+        server = harness.start_noflylist(sealed, folder, pin=True)
         try:
             harness.wait_ready(server, "/readyz")
-            timings = harness.timed_requests(server.port, schedule(pool, args.samples, rng))
+            timings = over_http(server.port, schedule(pool, args.samples, rng))
         finally:
             server.stop()
         worst["noflylist, HTTP"] = show(
             f"noflylist serve over HTTP, {args.size} names", timings, "us", 1e6)
-        baseline = harness.start_flask_dev(sealed.names_file, folder)
+        baseline = harness.start_flask_dev(sealed.names_file, folder, pin=True)
         try:
             harness.wait_ready(baseline, "/readyz")
-            timings = harness.timed_requests(baseline.port,
-                                             schedule(pool, BASELINE_SAMPLES, rng))  # fmt: skip
+            timings = over_http(baseline.port, schedule(pool, BASELINE_SAMPLES, rng))
         finally:
             baseline.stop()
         worst["baseline, HTTP"] = show(

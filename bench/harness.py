@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,8 +128,24 @@ class Running:
                 self.process.wait(timeout=5)
 
 
-def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Path) -> Running:
+#: With ``pin=True`` servers run on this CPU and the measuring client on the others, so
+#: every server under comparison gets the same placement (on a 2-CPU machine, cross-process
+#: comparisons otherwise differ by +-30 % with where the scheduler happens to wake each).
+SERVER_CPU = 1
+
+
+def pin_client() -> None:
+    """Keep this process (the measuring client) off the servers' CPU."""
+    others = set(os.sched_getaffinity(0)) - {SERVER_CPU}
+    if others:
+        os.sched_setaffinity(0, others)
+
+
+def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Path,
+          *, pin: bool = False) -> Running:  # fmt: skip
     """Start a server with its output (access log included) going to a file."""
+    if pin:
+        argv = ["taskset", "--cpu-list", str(SERVER_CPU), *argv]
     log = folder / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -137,18 +153,18 @@ def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Pa
     return Running(name, process, port, log, time.monotonic())
 
 
-def start_noflylist(sealed: SealedList, folder: Path) -> Running:
+def start_noflylist(sealed: SealedList, folder: Path, *, pin: bool = False) -> Running:
     port = free_port()
     argv, env = sealed.serve_command(port)
-    return start("noflylist", argv, env, port, folder)
+    return start("noflylist", argv, env, port, folder, pin=pin)
 
 
-def start_flask_dev(names_file: Path, folder: Path) -> Running:
+def start_flask_dev(names_file: Path, folder: Path, *, pin: bool = False) -> Running:
     """The baseline under Flask's development server (threaded, as ``flask run``)."""
     port = free_port()
     argv = [sys.executable, str(BENCH / "baseline_flask.py"), "--names", str(names_file),
             "--port", str(port)]  # fmt: skip
-    return start("flask-dev", argv, clean_environment(), port, folder)
+    return start("flask-dev", argv, clean_environment(), port, folder, pin=pin)
 
 
 def start_gunicorn(names_file: Path, folder: Path, workers: int = 2, threads: int = 4) -> Running:
@@ -210,9 +226,10 @@ def check_answers(server: Running, listed: str, unlisted: str) -> None:
             raise SystemExit(f"{server.name} answered {status} {body[:80]!r} for a {kind} name")
 
 
-def timed_requests(port: int, order: Sequence[tuple[str, str]]) -> dict[str, list[float]]:
-    """GET ``/enclave/passenger?name=NAME`` for each ``(kind, name)`` in order, on one
-    keep-alive connection (a new one whenever the server closes); seconds each, by kind.
+def timed_requests(order: Sequence[tuple[Hashable, int, str]]) -> dict[Hashable, list[float]]:
+    """For each ``(label, port, name)`` in order, GET ``/enclave/passenger?name=NAME`` from
+    that port; seconds each, by label. One keep-alive connection a port (a new one whenever
+    the server closes), so requests to several servers can be interleaved.
 
     Timed from the first byte sent to the last byte of the answer read, with Nagle off.
     """
@@ -220,27 +237,29 @@ def timed_requests(port: int, order: Sequence[tuple[str, str]]) -> dict[str, lis
 
     from loadgen import _read_response
 
-    timings: dict[str, list[float]] = {}
-    sock: socket.socket | None = None
-    pending = b""
-    for kind, name in order:
-        request = f"GET /enclave/passenger?name={quote(name)} HTTP/1.1\r\nHost: b\r\n\r\n"
-        start = time.perf_counter()
-        if sock is None:  # Flask's development server closes after every answer
-            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pending = b""
-        sock.sendall(request.encode())
-        status, closes, pending = _read_response(sock, pending)
-        elapsed = time.perf_counter() - start
-        if closes:
+    timings: dict[Hashable, list[float]] = {}
+    sockets: dict[int, socket.socket] = {}
+    pending: dict[int, bytes] = {}
+    try:
+        for label, port, name in order:
+            request = f"GET /enclave/passenger?name={quote(name)} HTTP/1.1\r\nHost: b\r\n\r\n"
+            start = time.perf_counter()
+            sock = sockets.get(port)
+            if sock is None:  # Flask's development server closes after every answer
+                sock = sockets[port] = socket.create_connection(("127.0.0.1", port), timeout=60)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pending[port] = b""
+            sock.sendall(request.encode())
+            status, closes, pending[port] = _read_response(sock, pending[port])
+            elapsed = time.perf_counter() - start
+            if closes:
+                sockets.pop(port).close()
+            if status != 200:
+                raise SystemExit(f"status {status} from port {port} for {label}")
+            timings.setdefault(label, []).append(elapsed)
+    finally:
+        for sock in sockets.values():
             sock.close()
-            sock = None
-        if status != 200:
-            raise SystemExit(f"status {status} for a {kind} name")
-        timings.setdefault(kind, []).append(elapsed)
-    if sock is not None:
-        sock.close()
     return timings
 
 
