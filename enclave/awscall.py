@@ -15,6 +15,16 @@ from enclave.errors import EnclaveError
 from enclave.retry import RetryableFailure
 
 
+class AWSError(EnclaveError):
+    """An AWS call failed: ``code`` is the service's error code and ``status`` the HTTP
+    status (both ``None`` for transport failures). Each client raises its own subclass."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
 class CredentialSource(Protocol):
     """Anything that hands out current credentials (see :mod:`enclave.credentials`)."""
 

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enclave import http
-from enclave.awscall import CredentialSource, send_signed
-from enclave.errors import EnclaveError
+from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
 #: KMS's JSON protocol: the target prefix and content type of every call.
@@ -39,13 +38,8 @@ TRANSIENT_CODES = frozenset(
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
 
 
-class KMSError(EnclaveError):
+class KMSError(AWSError):
     """A KMS call failed. ``code`` is KMS's error code (``None`` for transport failures)."""
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 @dataclass(frozen=True)

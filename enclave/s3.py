@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave import http
-from enclave.awscall import CredentialSource, send_signed
-from enclave.errors import EnclaveError
+from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
 #: Largest object we read: an envelope of a few million names is tens of MiB.
@@ -26,13 +25,8 @@ _ERROR_PEEK_BYTES = 4096
 _VIRTUAL_HOST_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
-class S3Error(EnclaveError):
+class S3Error(AWSError):
     """An S3 call failed. ``code`` is S3's error code (``NoSuchKey``, ``AccessDenied``, …)."""
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 @dataclass(frozen=True)
