@@ -7,11 +7,9 @@ a key of the simulator's local KMS and show it allowing and denying the calls it
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.errors import EnclaveError
-from noflylist import policy
-from noflylist.trust import add_commands
+from noflylist import cli, policy
 from tests.conftest import VECTORS
 
 _EXPECTED = json.loads((VECTORS / "nitro" / "expected.json").read_text())
@@ -43,15 +39,8 @@ SIDS = [
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """The command line as ``noflylist.cli.main`` runs it: our errors become one line, exit 1."""
-    parser = argparse.ArgumentParser(prog="noflylist")
-    handlers = add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        status = handlers[args.command](args)
-    except EnclaveError as exc:
-        print(f"noflylist {args.command}: {exc}", file=sys.stderr)
-        status = 1
+    """The command line itself (``noflylist.cli.main``): our errors become one line, exit 1."""
+    status = cli.main(argv)
     out, err = capsys.readouterr()
     return status, out, err
 

@@ -9,7 +9,6 @@ with cbor2, an independent CBOR decoder.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io
@@ -24,11 +23,10 @@ import cbor2
 import pytest
 
 from enclave.attestation import verify
-from enclave.errors import EnclaveError
 from enclave.nsm import NSMError
 from enclave.simulator.ca import SimulatedCA, load_or_create
 from enclave.simulator.nsm import SimulatedNSM
-from noflylist import __version__, envelope
+from noflylist import __version__, cli, envelope
 from noflylist.attestation_endpoint import (
     MODE_HEADER,
     PATH,
@@ -41,7 +39,6 @@ from noflylist.metrics import Metrics
 from noflylist.server import RouteHandler, RouteResponse, Server
 from noflylist.service import ListHolder
 from noflylist.sources import FileSource
-from noflylist.trust import add_commands
 from tests.conftest import VECTORS
 from tests.support.fake_kms import FakeDataKeys
 
@@ -52,15 +49,8 @@ PCR0 = hashlib.sha384(b"the simulated enclave image under test").digest()
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """The command line as ``noflylist.cli.main`` runs it: our errors become one line, exit 1."""
-    parser = argparse.ArgumentParser(prog="noflylist")
-    handlers = add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        status = handlers[args.command](args)
-    except EnclaveError as exc:
-        print(f"noflylist {args.command}: {exc}", file=sys.stderr)
-        status = 1
+    """The command line itself (``noflylist.cli.main``): our errors become one line, exit 1."""
+    status = cli.main(argv)
     out, err = capsys.readouterr()
     return status, out, err
 
