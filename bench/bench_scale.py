@@ -191,6 +191,9 @@ def memory_child(size: int, seed: int) -> None:
 
     from noflylist import envelope
     from noflylist.screening import ScreeningTable
+    from noflylist.service import use_returnable_memory
+
+    use_returnable_memory()  # as the service does at start
 
     class FixedKey:
         key = bytes(32)

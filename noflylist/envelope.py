@@ -225,19 +225,48 @@ def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
         raise EnvelopeError(
             "envelope authentication failed: the Fernet token does not open with its data key"
         ) from None
-    return (name for name in text.split(",") if name.strip())
+    return _pieces(text, ",")
 
 
 def _v2_names(plaintext: bytes, expected: int | None) -> Iterator[str]:
     try:
-        lines = [line for line in plaintext.decode("utf-8").split("\n") if line.strip()]
+        text = plaintext.decode("utf-8")
     except UnicodeDecodeError:
         raise EnvelopeError("envelope list is not UTF-8") from None
-    if expected is not None and len(lines) != expected:
+    return _counted(_pieces(text, "\n"), expected)
+
+
+def _pieces(text: str, separator: str) -> Iterator[str]:
+    """The non-blank pieces of ``text`` between separators, made one at a time.
+
+    ``str.split`` would make them all at once: at two million names, two million live
+    strings that Python's allocator keeps resident after the load has freed them.
+    """
+    start = 0
+    while start <= len(text):
+        end = text.find(separator, start)
+        if end < 0:
+            end = len(text)
+        piece = text[start:end]
+        if piece.strip():
+            yield piece
+        start = end + 1
+
+
+def _counted(names: Iterator[str], expected: int | None) -> Iterator[str]:
+    """Pass ``names`` through; at the end, refuse a count other than the header's.
+
+    The count is known only after the last name, so the caller has already consumed the
+    names when this raises: it must treat the whole load as failed (the service does).
+    """
+    count = 0
+    for name in names:
+        count += 1
+        yield name
+    if expected is not None and count != expected:
         raise EnvelopeError(
-            f"envelope says {expected} entries but its list has {len(lines)} non-empty lines"
+            f"envelope says {expected} entries but its list has {count} non-empty lines"
         )
-    return iter(lines)
 
 
 # -- writing (the operator's `noflylist seal`) -----------------------------------------

@@ -51,7 +51,7 @@ _BUCKET_BYTES = _SLOTS_PER_BUCKET * _FINGERPRINT_BYTES
 _TARGET_LOAD = 0.90
 #: Bound on one insertion's chain of evictions; a longer chain means "rebuild".
 _MAX_KICKS = 500
-#: Bound on rebuilds (each with a fresh key and 10 % more buckets) before giving up.
+#: Bound on rebuilds (each with 10 % more buckets) before giving up.
 _MAX_BUILD_ATTEMPTS = 32
 _GROWTH_PER_ATTEMPT = 1.10
 
@@ -119,23 +119,46 @@ def _buckets_for(entries: int) -> int:
     return max(1, math.ceil(entries / (_SLOTS_PER_BUCKET * _TARGET_LOAD)))
 
 
+def _find_in_bucket(slots: bytearray, bucket: int, value: bytes) -> int:
+    """Offset in ``slots`` of the first slot of ``bucket`` that equals ``value``, or -1.
+
+    ``find`` runs in C; a match that straddles two slots is not a slot and is skipped.
+    """
+    start = bucket * _BUCKET_BYTES
+    end = start + _BUCKET_BYTES
+    offset = slots.find(value, start, end)
+    while offset >= 0 and (offset - start) % _FINGERPRINT_BYTES:
+        offset = slots.find(value, offset + 1, end)
+    return offset
+
+
 def _place_in_free_slot(slots: bytearray, bucket: int, fingerprint: bytes) -> bool:
     """Write ``fingerprint`` into the first empty slot of ``bucket``; False if it is full."""
-    for slot in range(_SLOTS_PER_BUCKET):
-        offset = bucket * _BUCKET_BYTES + slot * _FINGERPRINT_BYTES
-        if slots[offset : offset + _FINGERPRINT_BYTES] == _EMPTY_SLOT:
-            slots[offset : offset + _FINGERPRINT_BYTES] = fingerprint
-            return True
-    return False
+    offset = _find_in_bucket(slots, bucket, _EMPTY_SLOT)
+    if offset < 0:
+        return False
+    slots[offset : offset + _FINGERPRINT_BYTES] = fingerprint
+    return True
 
 
-def _insert(slots: bytearray, buckets: int, fingerprint: bytes, rng: random.Random) -> bool:
-    """Cuckoo insertion with a bounded random walk; False means "rebuild the table".
+def _insert(
+    slots: bytearray, buckets: int, fingerprint: bytes, rng: random.Random
+) -> bool | None:
+    """Cuckoo insertion with a bounded random walk.
+
+    True if placed, None if the fingerprint is already in the table (a repeated name),
+    False if the walk ran out ("rebuild the table"). A repeated name has the same
+    fingerprint, so the same two buckets, and cuckoo moves keep every entry in one of its
+    own two buckets: looking in those two finds every repeat.
 
     Runs at load only, so its time may vary. On failure one fingerprint is left out, which
     is harmless because the caller discards this buffer and starts again.
     """
     first, second = _candidate_buckets(fingerprint, buckets)
+    if _find_in_bucket(slots, first, fingerprint) >= 0:
+        return None
+    if _find_in_bucket(slots, second, fingerprint) >= 0:
+        return None
     if _place_in_free_slot(slots, first, fingerprint):
         return True
     if _place_in_free_slot(slots, second, fingerprint):
@@ -151,6 +174,21 @@ def _insert(slots: bytearray, buckets: int, fingerprint: bytes, rng: random.Rand
         if _place_in_free_slot(slots, bucket, fingerprint):
             return True
     return False
+
+
+def _place_all(
+    slots: bytearray, buckets: int, fingerprints: bytearray, rng: random.Random
+) -> int | None:
+    """Insert every fingerprint once; the number of distinct ones, or None to rebuild."""
+    entries = 0
+    for start in range(0, len(fingerprints), _FINGERPRINT_BYTES):
+        fingerprint = bytes(fingerprints[start : start + _FINGERPRINT_BYTES])
+        placed = _insert(slots, buckets, fingerprint, rng)
+        if placed is False:
+            return None
+        if placed:
+            entries += 1
+    return entries
 
 
 class ScreeningTable:
@@ -173,34 +211,36 @@ class ScreeningTable:
         """Normalise ``names`` and store their fingerprints under a fresh random key.
 
         Names that normalise to "" are skipped and counted; duplicates are stored once. If an
-        insertion exceeds its eviction bound, the whole table is rebuilt with a new key and
-        10 % more buckets.
+        insertion exceeds its eviction bound, the table is built again with 10 % more buckets.
+
+        ``names`` is read once, one name at a time, and each name is reduced to its 16-byte
+        fingerprint at once: no set or list of names is ever made. That keeps the load's
+        memory to two flat buffers (the fingerprints, then the table) which the allocator
+        returns to the system when they are freed; millions of small string objects would
+        stay in Python's own allocator, resident, long after the load (``bench/README.md``).
         """
-        distinct: set[str] = set()
+        key = secrets.token_bytes(_KEY_BYTES)
+        fingerprints = bytearray()
         skipped_empty = 0
         for name in names:
             normalised = normalize(name)
             if normalised:
-                distinct.add(normalised)
+                fingerprints += _fingerprint(key, normalised)
             else:
                 skipped_empty += 1
         # Placement choices are not secrets; they only need to differ between attempts.
         rng = random.Random(secrets.randbits(64))  # noqa: S311
-        entries = len(distinct)
-        buckets = _buckets_for(entries)
-        try:
-            for _ in range(_MAX_BUILD_ATTEMPTS):
-                key = secrets.token_bytes(_KEY_BYTES)
-                slots = bytearray(buckets * _BUCKET_BYTES)
-                if all(_insert(slots, buckets, _fingerprint(key, n), rng) for n in distinct):
-                    return cls(key, bytes(slots), entries, skipped_empty)
-                buckets = max(buckets + 1, math.ceil(buckets * _GROWTH_PER_ATTEMPT))
-        finally:
-            # Python cannot wipe str memory; dropping the last references is what it allows.
-            distinct.clear()
+        # Sized for every fingerprint: repeats are found only while placing.
+        buckets = _buckets_for(len(fingerprints) // _FINGERPRINT_BYTES)
+        for _ in range(_MAX_BUILD_ATTEMPTS):
+            slots = bytearray(buckets * _BUCKET_BYTES)
+            entries = _place_all(slots, buckets, fingerprints, rng)
+            if entries is not None:
+                return cls(key, bytes(slots), entries, skipped_empty)
+            buckets = max(buckets + 1, math.ceil(buckets * _GROWTH_PER_ATTEMPT))
         raise ScreeningError(
-            f"could not place {entries} fingerprints after {_MAX_BUILD_ATTEMPTS} "
-            "attempts with fresh keys; this indicates a bug in noflylist.screening, "
+            f"could not place {len(fingerprints) // _FINGERPRINT_BYTES} fingerprints after "
+            f"{_MAX_BUILD_ATTEMPTS} attempts; this indicates a bug in noflylist.screening, "
             "please report it"
         )
 

@@ -71,6 +71,7 @@ class ListHolder:
         self._load_lock = threading.Lock()
         self.current: ListInService | None = None
         self.last_error: str | None = "no list loaded yet"
+        use_returnable_memory()  # before the first load: see its docstring
         metrics.gauges["noflylist_list_entries"] = (
             "Distinct names in the list in service.",
             lambda: float(self.current.entries if self.current else 0),
@@ -152,20 +153,48 @@ class ListHolder:
         )
 
 
+#: glibc's ``mallopt`` parameter number for the mmap threshold (``M_MMAP_THRESHOLD``).
+_M_MMAP_THRESHOLD = -3
+#: glibc's default mmap threshold. Setting it explicitly (even to the default) turns off
+#: glibc's habit of raising it after a large block is freed.
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, if it is glibc (it has ``malloc_trim``); None elsewhere."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def use_returnable_memory() -> None:
+    """Have glibc give large freed blocks back to the kernel at once. Called once at start.
+
+    A load makes a few buffers of tens of MiB (the decrypted list, the fingerprints, the
+    table). By default glibc raises its mmap threshold each time such a block is freed (up
+    to 32 MiB), so the next ones come from a heap; in a thread's heap (reloads run on a
+    thread) freed memory at the top stays resident, and ``malloc_trim`` does not shrink
+    it: about 9 bytes a name at 2M names. A fixed threshold keeps such blocks in their own
+    mappings, which ``free`` returns (zeroed by the kernel) at once.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
 def _return_freed_memory() -> None:
     """Ask glibc to give freed heap pages back to the kernel after a load.
 
-    Decrypting and building leave tens of MiB of freed blocks (the plaintext, the normalised
-    names) that glibc keeps for reuse: they inflate resident memory per entry and keep
-    fragments of listed names readable in the process's free memory until overwritten.
-    ``malloc_trim(0)`` releases what it can; elsewhere than glibc this does nothing.
+    Decrypting and building leave freed blocks that glibc keeps for reuse: they inflate
+    resident memory per entry and keep fragments of listed names readable in the process's
+    free memory until overwritten. ``malloc_trim(0)`` releases what it can; elsewhere than
+    glibc this does nothing.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _check_not_older(parsed: envelope.Envelope, current: ListInService | None) -> None:

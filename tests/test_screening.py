@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import hmac
 import pickle
-import secrets
 import sys
 import tracemalloc
 import unicodedata
@@ -319,17 +318,27 @@ def _counting(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> lis
     return results
 
 
-def test_failed_insertion_rebuilds_with_a_new_key_and_more_buckets(
+def test_failed_insertion_rebuilds_with_more_buckets_from_a_one_shot_iterator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    keys = _counting(monkeypatch, secrets, "token_bytes")
     monkeypatch.setattr(screening, "_buckets_for", lambda entries: 1)  # 4 slots for 5 names
+    attempts = _counting(monkeypatch, screening, "_place_all")
     names = ["Big Bird", "Elmo", "Grover", "Bert", "Ernie"]
-    table = ScreeningTable.build(names)
-    assert len(keys) >= 2
-    assert table._key == keys[-1] and table._key != keys[0]
+    table = ScreeningTable.build(name for name in names)  # can be read only once
+    assert attempts[0] is None and len(attempts) >= 2  # the first attempt did not fit
     assert table.nbytes >= 2 * 64
     assert len(table) == 5 and all(table.contains(n) for n in names)
+    assert not table.contains("Oscar")
+
+
+def test_repeats_are_stored_once_even_when_most_of_the_list_repeats() -> None:
+    names = ["Big Bird", "big bird", "BIGBIRD", "Elmo"] * 500 + ["Grover"]
+    table = ScreeningTable.build(iter(names))
+    assert len(table) == 3
+    occupied = [table._slots[i : i + 16] for i in range(0, table.nbytes, 16)]
+    assert sum(1 for s in occupied if s != bytes(16)) == 3
+    assert table.contains(" b i g b i r d ") and table.contains("GROVER")
+    assert not table.contains("Bert")
 
 
 def test_build_gives_up_with_screening_error_after_bounded_attempts(

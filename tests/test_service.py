@@ -96,6 +96,32 @@ def test_a_broken_new_envelope_keeps_the_old_list(
     assert "bert" not in caplog.text
 
 
+def test_a_list_that_fails_midway_through_its_names_keeps_the_old_list(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Names stream from the decrypted text into the table, so a failure found at the end of
+    # the list (an entry count that does not match) arrives after the build has begun.
+    write(rig.path, rig.kms, ["bert"], serial=1)
+    rig.holder.reload(only_if_changed=False)
+    write(rig.path, rig.kms, ["ernie", "elmo"], serial=2)
+    real_decrypt = envelope.decrypt
+    yielded: list[str] = []
+
+    def fails_after_the_names(*args: object, **kwargs: object) -> object:
+        for name in real_decrypt(*args, **kwargs):  # type: ignore[arg-type]
+            yielded.append(name)
+            yield name
+        raise envelope.EnvelopeError("envelope says 3 entries but its list has 2")
+
+    monkeypatch.setattr(envelope, "decrypt", fails_after_the_names)
+    with pytest.raises(envelope.EnvelopeError, match="3 entries"):
+        rig.holder.reload(only_if_changed=True)
+    assert yielded == ["ernie", "elmo"]
+    assert rig.holder.screen("bert") is True and rig.holder.screen("ernie") is False
+    assert rig.holder.current is not None and rig.holder.current.serial == 1
+    assert rig.metrics.events(LOADS, "failed") == 1
+
+
 def test_a_v2_list_cannot_be_replaced_by_a_fernet_envelope(rig: Rig) -> None:
     write(rig.path, rig.kms, ["bert"], serial=1)
     rig.holder.reload(only_if_changed=False)
