@@ -57,6 +57,8 @@ MAX_ENVELOPE_BYTES = 128 * 1024 * 1024
 DATA_KEY_BYTES = 32
 #: AES-GCM's standard nonce length.
 NONCE_BYTES = 12
+#: AES-GCM's tag, appended to the ciphertext.
+_GCM_TAG_BYTES = 16
 #: The encryption context new envelopes bind their data key to; a key policy may require it.
 DEFAULT_ENCRYPTION_CONTEXT: Mapping[str, str] = MappingProxyType({"app": "noflylist"})
 _FERNET_FIELDS = frozenset({"data-key-ciphertext-base64", "aes-ciphertext-base64"})
@@ -205,16 +207,18 @@ def decrypt(
         raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
     if envelope.format == FORMAT_FERNET:
         return _fernet_names(envelope, data_key)
+    # Decrypted into a buffer of our own, so the list's only plaintext copy can be wiped.
+    plaintext = bytearray(max(0, len(envelope.ciphertext) - _GCM_TAG_BYTES))
     try:
-        plaintext = AESGCM(data_key).decrypt(
-            envelope.nonce, envelope.ciphertext, envelope.associated_data
+        AESGCM(data_key).decrypt_into(
+            envelope.nonce, envelope.ciphertext, envelope.associated_data, plaintext
         )
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: shorter than a tag
         raise EnvelopeError(
             "envelope authentication failed: its list or header was changed, or it was "
             "sealed under another data key"
         ) from None
-    return _v2_names(plaintext, envelope.entries)
+    return _counted(_lines_then_wipe(plaintext), envelope.entries)
 
 
 def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
@@ -228,12 +232,30 @@ def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
     return _pieces(text, ",")
 
 
-def _v2_names(plaintext: bytes, expected: int | None) -> Iterator[str]:
+def _lines_then_wipe(plaintext: bytearray) -> Iterator[str]:
+    """The non-blank lines of the decrypted list, one at a time; then zero the buffer.
+
+    Each line is decoded straight from the buffer (no copy of the whole text is made), and
+    the buffer is overwritten once the lines are read or the reader stops, so the list does
+    not stay in freed memory. (Python's ``str`` objects cannot be wiped; each name's lives
+    only until the next name is read.)
+    """
     try:
-        text = plaintext.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EnvelopeError("envelope list is not UTF-8") from None
-    return _counted(_pieces(text, "\n"), expected)
+        with memoryview(plaintext) as view:
+            start = 0
+            while start <= len(plaintext):
+                end = plaintext.find(b"\n", start)
+                if end < 0:
+                    end = len(plaintext)
+                try:
+                    line = str(view[start:end], "utf-8")
+                except UnicodeDecodeError:
+                    raise EnvelopeError("envelope list is not UTF-8") from None
+                if line.strip():
+                    yield line
+                start = end + 1
+    finally:
+        plaintext[:] = bytes(len(plaintext))
 
 
 def _pieces(text: str, separator: str) -> Iterator[str]:

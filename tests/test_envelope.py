@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.kms import KMSError
 from noflylist import envelope
@@ -90,6 +92,62 @@ def test_v2_entry_count_must_match_the_list() -> None:
     assert read == NAMES
     with pytest.raises(EnvelopeError, match=f"says {len(NAMES) + 1} entries .* {len(NAMES)} "):
         next(names)
+
+
+def _resealed_body(kms: FakeDataKeys, body: bytes) -> envelope.Envelope:
+    """A genuine envelope whose authenticated list is ``body`` (bytes no sealer of ours
+    writes), sealed under the same data key, nonce and header."""
+    parsed = envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1))
+    data_key = kms.decrypt(parsed.data_key_ciphertext, encryption_context=parsed.encryption_context)
+    ciphertext = AESGCM(data_key).encrypt(parsed.nonce, body, parsed.associated_data)
+    return envelope.Envelope(**{**parsed.__dict__, "ciphertext": ciphertext, "entries": None})
+
+
+def test_v2_list_that_is_not_utf8_is_refused_without_echoing_it() -> None:
+    kms = FakeDataKeys()
+    broken = _resealed_body(kms, b"bigbird\nOscar \xff\xfe Grouch\n")
+    with pytest.raises(EnvelopeError, match="not UTF-8") as caught:
+        list(envelope.decrypt(broken, kms))
+    assert "Oscar" not in str(caught.value) and "bigbird" not in str(caught.value)
+
+
+def test_v2_blank_lines_and_a_missing_final_newline_are_fine() -> None:
+    kms = FakeDataKeys()
+    body = "\n\nbigbird\n \t\n\u3000\nzoë".encode()
+    assert list(envelope.decrypt(_resealed_body(kms, body), kms)) == ["bigbird", "zoë"]
+
+
+def _capture_buffer(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
+    buffers: list[bytearray] = []
+    real = envelope._lines_then_wipe
+
+    def capturing(plaintext: bytearray) -> Iterator[str]:
+        buffers.append(plaintext)
+        return real(plaintext)
+
+    monkeypatch.setattr(envelope, "_lines_then_wipe", capturing)
+    return buffers
+
+
+def test_v2_decrypted_list_is_zeroed_once_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    buffers = _capture_buffer(monkeypatch)
+    kms = FakeDataKeys()
+    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    assert next(names) == NAMES[0]
+    assert b"Grouch" in buffers[0]  # still being read
+    assert list(names) == NAMES[1:]
+    assert len(buffers[0]) > 0 and buffers[0] == bytes(len(buffers[0]))
+
+
+def test_v2_decrypted_list_is_zeroed_when_the_reader_stops_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffers = _capture_buffer(monkeypatch)
+    kms = FakeDataKeys()
+    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    assert next(names) == NAMES[0]
+    names.close()  # what happens when the table build fails or the generator is dropped
+    assert buffers[0] == bytes(len(buffers[0]))
 
 
 @pytest.mark.parametrize(
