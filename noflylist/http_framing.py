@@ -163,7 +163,12 @@ def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
         raise RequestError(400, "the request does not start with an HTTP method")
     if _BARE_LF.search(buffer, max(0, searched - 1)):
         raise RequestError(400, "header lines must end with CRLF, not a bare LF")
-    if len(buffer) > MAX_REQUEST_LINE and buffer.find(b"\r\n", 0, MAX_REQUEST_LINE + 2) < 0:
+    line_end = buffer.find(b"\r\n", 0, MAX_REQUEST_LINE + 2)
+    if line_end >= 0:
+        # A whole request line can be judged now; an HTTP/0.9 client ("GET /x" CRLF) sends
+        # no more and would otherwise wait for the request deadline.
+        _parse_request_line(bytes(buffer[:line_end]))
+    elif len(buffer) > MAX_REQUEST_LINE:
         raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
     if len(buffer) > MAX_HEAD_BYTES:
         raise RequestError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")

@@ -223,6 +223,9 @@ FRAMING_CASES = {
     ),
     "one-100KB-header": (get("/healthz", headers=f"Host: t\r\nX-Big: {'v' * 100_000}\r\n"), 431),
     "no-version": (b"GET /enclave/passenger?name=bert\r\n\r\n", 400),
+    # An HTTP/0.9 client sends its one line and waits: 400 at once, not 408 at the deadline.
+    "http-0.9-line-alone": (b"GET /enclave/passenger?name=bert\r\n", 400),
+    "bad-version-line-alone": (b"GET /healthz HTTQ/1.1\r\n", 400),
     "http-2.0-version": (get("/healthz", version="HTTP/2.0"), 505),
     "http-2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
     "garbage-version": (get("/healthz", version="HTTQ/1.1"), 400),
