@@ -91,10 +91,6 @@ SWEEP_INTERVAL = 0.1
 ACCEPT_PAUSE = 0.5
 
 
-#: The name the fuzz tests construct (``_Connection(None, 0.0)``: no socket, deadline 0).
-_Connection = Connection
-
-
 # -- the loop ------------------------------------------------------------------------------
 
 
