@@ -222,6 +222,8 @@ def decrypt(
 
 
 def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
+    """The public demo's format. ``Fernet`` returns the list as immutable ``bytes``, so unlike
+    v2's buffer it cannot be zeroed after reading: one more reason to prefer v2."""
     try:
         plaintext = Fernet(base64.b64encode(data_key)).decrypt(envelope.ciphertext)
         text = plaintext.decode("utf-8")
