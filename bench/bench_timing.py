@@ -136,10 +136,12 @@ def ours_in_process(names: list[str], pool: dict[str, list[str]], samples: int,
                               schedule(pool, samples, rng), suffix)  # fmt: skip
     worst["noflylist, screen()"] = show(
         "noflylist.screening.screen in process (look-up and answer text)", timings, "ns", 1.0)
-    verdicts = (suffix["unlisted"], suffix["listed"])  # indexing costs the same either way
+    verdicts = (suffix["unlisted"], suffix["listed"])
 
     def look_up(name: str) -> str:
-        return verdicts[table.contains(name)]
+        # `+ 0` makes the index an exact int: CPython 3.11 converts a bool index through a
+        # branch on its value (True costs ~7 ns more), which would be the wrapper's own leak.
+        return verdicts[table.contains(name) + 0]
 
     timings = time_in_process(look_up, schedule(pool, samples, rng), suffix)
     worst["noflylist, contains()"] = show(

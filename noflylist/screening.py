@@ -13,9 +13,9 @@ What an auditor should be able to check here:
   references no name.
 * **Every lookup does the same work** whether the name is listed, absent or one letter away
   from a listed name: one keyed hash, then exactly eight :func:`hmac.compare_digest` calls
-  against the eight fixed-size slots of the name's two candidate buckets, OR-ed together
-  without an early exit. (Python promises no cycle-exact timing; the point is that no code path
-  depends on membership. ``bench/bench_screening.py`` measures the latencies.)
+  against the eight fixed-size slots of the name's two candidate buckets, counted without an
+  early exit. (Python promises no cycle-exact timing; the point is that no code path depends
+  on membership. ``bench/bench_screening.py`` and ``bench/bench_timing.py`` measure it.)
 * **Compact.** The slots live in one ``bytes`` buffer (a bucketed cuckoo table, 2 buckets x 4
   slots), about 18 bytes a listed name; a Python ``set`` of the names takes about 100
   (``bench/README.md`` has the measurements).
@@ -49,6 +49,9 @@ _BUCKET_BYTES = _SLOTS_PER_BUCKET * _FINGERPRINT_BYTES
 #: Fill the table to at most 90 %. Two-choice, four-slot cuckoo tables fill to about 97 %
 #: before insertion fails, so this leaves margin while costing about 17.8 bytes a name.
 _TARGET_LOAD = 0.90
+#: Listed or not, by the number of slots that matched in a lookup: a fingerprint is stored
+#: once, so 0 or 1, or 2 when both of its candidate buckets are the same bucket.
+_LISTED_FOR_MATCHES = (False, True, True)
 #: Bound on one insertion's chain of evictions; a longer chain means "rebuild".
 _MAX_KICKS = 500
 #: Bound on rebuilds (each with 10 % more buckets) before giving up.
@@ -247,17 +250,20 @@ class ScreeningTable:
     def contains(self, name: str) -> bool:
         """True if ``name`` normalises to a listed name.
 
-        Always one hash and exactly 2 x 4 = 8 ``hmac.compare_digest`` calls, OR-ed together:
-        no early exit, and empty slots are compared like full ones.
+        Always one hash and exactly 2 x 4 = 8 ``hmac.compare_digest`` calls, counted: no early
+        exit, and empty slots are compared like full ones.
         """
         fingerprint = _fingerprint(self._key, normalize(name))
-        found = False
+        # An int count, not `found |= ...`: each `|` of Python bools builds its result
+        # through a branch in C, so after a match every later `|` would take the rarer
+        # branch; adding to an int and indexing a tuple with it do the same work for 0 and 1.
+        matches = 0
         for bucket in _candidate_buckets(fingerprint, self._buckets):
             for slot in range(_SLOTS_PER_BUCKET):
                 offset = bucket * _BUCKET_BYTES + slot * _FINGERPRINT_BYTES
                 stored = self._slots[offset : offset + _FINGERPRINT_BYTES]
-                found |= hmac.compare_digest(stored, fingerprint)
-        return found
+                matches += hmac.compare_digest(stored, fingerprint)
+        return _LISTED_FOR_MATCHES[matches]
 
     def __len__(self) -> int:
         """Number of distinct listed names (after normalisation)."""
