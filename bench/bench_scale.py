@@ -235,8 +235,8 @@ def diagnose_memory(size: int, seed: int) -> None:
           f"Python process (bytes per entry above the process before the load):\n"
           f"  the table's buffer                            {m['table'] / m['entries']:6.1f}\n"
           f"  RSS after the build and gc.collect()          {per['built']:6.1f}\n"
-          f"  RSS after glibc's malloc_trim(0)              {per['trimmed']:6.1f}  (the rest was "
-          "freed build temporaries the allocator kept)")  # fmt: skip
+          f"  RSS after glibc's malloc_trim(0)              {per['trimmed']:6.1f}  (anything above "
+          "the buffer: freed build temporaries the allocator kept)")  # fmt: skip
 
 
 if __name__ == "__main__":
