@@ -406,3 +406,18 @@ def test_screen_answers_with_the_name_as_the_caller_wrote_it() -> None:
     table = ScreeningTable.build(SESAME)
     assert screen(table, "  BIG bird ") == "  BIG bird  is on the no-fly list and CAN NOT BOARD!\n"
     assert screen(table, "Grover") == "Grover is cleared to fly. Enjoy your flight!\n"
+
+
+def test_slot_search_skips_matches_that_straddle_two_slots() -> None:
+    # Slot 0 ends in eight zero bytes and slot 1 is empty: sixteen zero bytes first appear at
+    # offset 8, inside slot 0, which is not a slot. The same for a fingerprint-shaped value
+    # made of slot 2's second half and slot 3's first half.
+    first = bytes([0x80 | 1]) + bytes(range(2, 9)) + bytes(8)
+    third = bytes([0x80 | 2]) + bytes(7) + b"ABCDEFGH"
+    fourth = b"IJKLMNOP" + bytes([0x80 | 3]) * 8
+    bucket = bytearray(64 * 3)  # the bucket under test is bucket 1, at offset 64
+    bucket[64:128] = first + bytes(16) + third + fourth
+    assert screening._find_in_bucket(bucket, 1, bytes(16)) == 64 + 16
+    assert screening._find_in_bucket(bucket, 1, b"ABCDEFGHIJKLMNOP") == -1
+    assert screening._find_in_bucket(bucket, 1, fourth) == 64 + 48
+    assert screening._find_in_bucket(bucket, 0, first) == -1  # other buckets are not searched
