@@ -26,8 +26,8 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
+from enclave.credentials import CredentialProvider  # noqa: E402
 from enclave.kms import KMSClient  # noqa: E402
-from enclave.sigv4 import Credentials  # noqa: E402
 from enclave.simulator.ca import load_or_create  # noqa: E402
 from enclave.simulator.kms_server import LocalKMS  # noqa: E402
 from noflylist import envelope  # noqa: E402
@@ -39,14 +39,6 @@ READY_TIMEOUT = 300.0
 #: The public demo's answers (noflylist.screening.answer), to check every server's output.
 LISTED_SUFFIX = b" is on the no-fly list and CAN NOT BOARD!\n"
 CLEARED_SUFFIX = b" is cleared to fly. Enjoy your flight!\n"
-
-
-class _Fixed:
-    def __init__(self, credentials: Credentials) -> None:
-        self._credentials = credentials
-
-    def get(self) -> Credentials:
-        return self._credentials
 
 
 @dataclass
@@ -64,9 +56,16 @@ class SealedList:
         ca = load_or_create(self.folder / "ca")
         self._kms = LocalKMS(self.folder / "kms", simulator_root=ca.root, region=REGION)
         url = self._kms.start()
-        self.credentials = self._kms.create_credentials(SERVICE_ROLE, session_token=True)
+        credentials = self._kms.create_credentials(SERVICE_ROLE, session_token=True)
+        # The role's keys as the service reads them; the sealer reads the same variables.
+        self._credential_env = {
+            "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+            "AWS_SESSION_TOKEN": credentials.session_token or "",
+        }
         key_arn = self._kms.create_key(SERVICE_ROLE)
-        sealer = KMSClient(REGION, _Fixed(self.credentials), endpoint=url, environ={})
+        sealer = KMSClient(REGION, CredentialProvider(self._credential_env), endpoint=url,
+                           environ={})  # fmt: skip
         self.envelope = self.folder / "envelope.json"
         self.envelope.write_bytes(envelope.seal_v2(self.names, sealer, key_arn, serial=1))
         self.names_file = self.folder / "names.txt"
@@ -88,9 +87,7 @@ class SealedList:
             "PYTHONPATH": str(REPO),
             "AWS_ENDPOINT_URL_KMS": self.kms_url,
             "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
-            "AWS_SESSION_TOKEN": self.credentials.session_token or "",
+            **self._credential_env,
         })  # fmt: skip
         return argv, env
 
