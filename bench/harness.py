@@ -31,14 +31,12 @@ from enclave.kms import KMSClient  # noqa: E402
 from enclave.simulator.ca import load_or_create  # noqa: E402
 from enclave.simulator.kms_server import LocalKMS  # noqa: E402
 from noflylist import envelope  # noqa: E402
+from noflylist.screening import answer  # noqa: E402
 
 REGION = "us-east-1"
 SERVICE_ROLE = "arn:aws:iam::111122223333:role/noflylist-bench"
 #: How long a server may take to answer /readyz (2M names: ~20 s of build on a busy VM).
 READY_TIMEOUT = 300.0
-#: The public demo's answers (noflylist.screening.answer), to check every server's output.
-LISTED_SUFFIX = b" is on the no-fly list and CAN NOT BOARD!\n"
-CLEARED_SUFFIX = b" is cleared to fly. Enjoy your flight!\n"
 
 
 @dataclass
@@ -213,13 +211,14 @@ def wait_ready(server: Running, path: str, timeout: float = READY_TIMEOUT) -> fl
 
 
 def check_answers(server: Running, listed: str, unlisted: str) -> None:
-    """Refuse to benchmark a server that gives a wrong answer."""
+    """Refuse to benchmark a server that gives a wrong answer: every server must answer as
+    the public demo does (``noflylist.screening.answer``)."""
     from urllib.parse import quote
 
-    for name, suffix in ((listed, LISTED_SUFFIX), (unlisted, CLEARED_SUFFIX)):
+    for name, is_listed in ((listed, True), (unlisted, False)):
         status, body = http_get(server.port, "/enclave/passenger?name=" + quote(name))
-        if status != 200 or body != name.encode() + suffix:
-            kind = "listed" if suffix == LISTED_SUFFIX else "unlisted"
+        if status != 200 or body != answer(name, is_listed).encode():
+            kind = "listed" if is_listed else "unlisted"
             raise SystemExit(f"{server.name} answered {status} {body[:80]!r} for a {kind} name")
 
 
