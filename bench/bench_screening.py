@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import random
 import statistics
 import string
@@ -25,6 +24,8 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import harness
 
 from noflylist.screening import ScreeningTable
 
@@ -187,18 +188,7 @@ def swap_check(size: int, rng: random.Random) -> dict[tuple[str, str], float]:
 
 
 def median_p99(samples: Sequence[int]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)]
-
-
-def machine() -> str:
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"nproc={os.cpu_count()}, CPU={model}, Python {platform.python_version()}"
+    return statistics.median(samples), harness.percentile(samples, 0.99)
 
 
 def main() -> None:
@@ -207,8 +197,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20240601)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(machine())
-    print(f"load average at start: {os.getloadavg()}")
+    print(harness.machine())
     print(f"command: python3 {' '.join(sys.argv)}\n")
     print(f"{'size':>9} {'shape':<6} {'entries':>8} {'build s':>8} {'B/entry buffer':>14} "
           f"{'B/entry traced':>14} {'B/entry RSS':>11}")
