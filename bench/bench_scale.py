@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
-from bench_screening import one_letter_off, synthetic_names
+from bench_screening import one_letter_off, rss_bytes, synthetic_names
 
 SIZES = (15, 1_000_000, 2_000_000)
 KINDS = ("listed", "absent", "near")
@@ -177,11 +177,6 @@ def report(rows: dict[str, list[Row]], sizes: list[int]) -> None:
 # -- memory diagnosis --------------------------------------------------------------------------
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
-
-
 def memory_child(size: int, seed: int) -> None:
     """In a fresh process: the service's decrypt-and-build of ``size`` names, on a thread of
     its own as the service's loader does; print JSON."""
@@ -211,16 +206,16 @@ def memory_child(size: int, seed: int) -> None:
                                 serial=1)  # type: ignore[arg-type]  # fmt: skip
     gc.collect()
     trim(0)  # so that "before" holds nothing freeable either
-    before = _rss()
+    before = rss_bytes()
     tables = []
     loader = threading.Thread(target=lambda: tables.append(ScreeningTable.build(
         envelope.decrypt(envelope.parse(document), FixedKey()))))  # fmt: skip
     loader.start()
     loader.join()
     gc.collect()
-    built = _rss()
+    built = rss_bytes()
     trim(0)
-    trimmed = _rss()
+    trimmed = rss_bytes()
     sizes = {"before": before, "built": built, "trimmed": trimmed}
     print(json.dumps({**sizes, "table": tables[0].nbytes, "entries": len(tables[0])}))
 
