@@ -74,6 +74,8 @@ def call_with_retries(
             return attempt(remaining)
         except RetryableFailure as failure:
             last = failure
+        if number + 1 == policy.max_attempts:
+            break  # no attempt follows, so no pause either
         ceiling = min(policy.max_delay, policy.base_delay * (2**number))
         delay = jitter(0.0, ceiling)
         if clock() - start + delay >= policy.deadline:

@@ -248,3 +248,18 @@ def test_retry_backoff_grows_and_stays_within_the_deadline() -> None:
     assert sleeps[:5] == [0.1, 0.2, 0.4, 0.8, 1.6]
     assert max(sleeps) == 2.0
     assert now[0] <= 10.0
+
+
+def test_retry_does_not_sleep_after_the_last_attempt() -> None:
+    sleeps: list[float] = []
+
+    def attempt(remaining: float) -> None:
+        raise RetryableFailure(kms.KMSError("still throttled"))
+
+    policy = RetryPolicy(deadline=60.0, max_attempts=3, base_delay=0.1, max_delay=5.0)
+    with pytest.raises(kms.KMSError, match="after 3 attempts"):
+        call_with_retries(
+            attempt, policy, describe="KMS x", sleep=sleeps.append, clock=lambda: 0.0,
+            jitter=lambda low, high: high,
+        )
+    assert sleeps == [0.1, 0.2]
