@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import random
 import re
@@ -128,10 +129,12 @@ def main() -> None:
             pools[size] = queries(names, rng, 2000)
             sealed = stack.enter_context(harness.SealedList(names))
             del names
-            for start in (harness.start_noflylist, harness.start_flask_dev):
-                # One at a time, so neither start-up competes with the other.
-                source = sealed if start is harness.start_noflylist else sealed.names_file
-                server = start(source, folder, pin=True)  # type: ignore[operator]
+            # One at a time, so neither start-up competes with the other.
+            for start in (
+                functools.partial(harness.start_noflylist, sealed),
+                functools.partial(harness.start_flask_dev, sealed.names_file),
+            ):
+                server = start(folder, pin=True)
                 stack.callback(server.stop)
                 row = started(server, size)
                 rows[row.server].append(row)
