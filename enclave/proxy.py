@@ -16,7 +16,7 @@ import base64
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from enclave.errors import EnclaveError
@@ -33,12 +33,13 @@ class ProxyError(EnclaveError):
 
 @dataclass(frozen=True)
 class Proxy:
-    """A forward proxy from ``https_proxy``/``http_proxy``; ``str()`` never shows credentials."""
+    """A forward proxy from ``https_proxy``/``http_proxy``; ``str()`` and ``repr()`` never show
+    credentials."""
 
     variable: str  # the environment variable it came from, for error messages
     host: str
     port: int
-    authorization: str | None  # a ready ``Proxy-Authorization`` value, or None
+    authorization: str | None = field(repr=False)  # a ready ``Proxy-Authorization`` value
 
     def __str__(self) -> str:
         return f"{bracket_ipv6(self.host)}:{self.port} (from {self.variable})"

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from enclave import http
 from enclave.http import Response, TransportError, proxy_for, request
+from enclave.proxy import parse_proxy
 from tests.support import tls
 from tests.support.tinyproxy import VIA_NAME, Tinyproxy, start_tinyproxy
 from tests.support.tinyproxy import tinyproxy as _tinyproxy_fixture  # noqa: F401 (fixture)
@@ -297,6 +298,13 @@ def test_refused_proxy_is_transient_and_never_shows_its_password() -> None:
         request("GET", "https://example.com/", environ={"HTTPS_PROXY": proxy})
     assert failure.value.transient and "HTTPS_PROXY" in str(failure.value)
     assert "s3cret" not in str(failure.value)
+
+
+def test_proxy_repr_never_shows_its_credentials() -> None:
+    proxy = parse_proxy("http://user:s3cret-pw@127.0.0.1:3128", "https_proxy")
+    assert proxy.authorization is not None
+    for text in (repr(proxy), str(proxy)):
+        assert proxy.authorization not in text and "s3cret" not in text
 
 
 @pytest.fixture
