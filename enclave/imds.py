@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -120,7 +120,7 @@ class ImdsClient:
     """
 
     endpoint: str
-    proxy_env: Mapping[str, str]
+    proxy_env: Mapping[str, str] = field(repr=False)  # a proxy URL may carry a password
     connect_timeout: float
     read_timeout: float
     attempts: int

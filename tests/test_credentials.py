@@ -594,6 +594,12 @@ def test_credentials_document_parser_returns_credentials_or_raises_credentials_e
 # -- through a forward proxy, as inside an enclave --------------------------------------
 
 
+def test_imds_client_repr_never_shows_proxy_credentials() -> None:
+    proxy_env = {"https_proxy": "http://user:s3cret-pw@127.0.0.1:3128"}
+    client = credentials._imds_client(credentials.DEFAULT_IMDS_ENDPOINT, proxy_env)
+    assert "s3cret" not in repr(client)
+
+
 def test_imds_is_reached_through_a_real_forward_proxy_as_inside_an_enclave(
     imds: FakeImds,
 ) -> None:
