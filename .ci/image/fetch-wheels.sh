@@ -18,19 +18,11 @@ if [ -z "$(comm -23 <(locked_hashes) <(present_hashes))" ]; then
   exit 0
 fi
 
-# The same targets as relock.sh: CPython 3.12 and 3.11, x86_64 and aarch64. --require-hashes
-# makes pip refuse any file whose sha256 the lock does not list.
-for python in 3.12 3.11; do
-  for machine in x86_64 aarch64; do
-    platforms=()
-    for tag in manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014; do
-      platforms+=(--platform "${tag}_${machine}")
-    done
-    python3 -m pip download --quiet --require-hashes --no-deps --only-binary=:all: \
-      --implementation cp --python-version "$python" "${platforms[@]}" \
-      --dest "$dest" -r requirements/runtime.lock
-  done
-done
+# The same targets as relock.sh (wheel-targets.sh names them). --require-hashes makes pip
+# refuse any file whose sha256 the lock does not list.
+# shellcheck source=.ci/image/wheel-targets.sh
+. .ci/image/wheel-targets.sh
+download_for_each_target --require-hashes --dest "$dest" -r requirements/runtime.lock
 python3 -m pip download --quiet --require-hashes --no-deps --only-binary=:all: \
   --dest "$dest" -r requirements/pip.lock
 

@@ -7,9 +7,8 @@
 #   .ci/image/relock.sh
 #
 # For each pinned package it downloads, with pip's ordinary configuration, the wheel that pip
-# would choose for each target, and records `pip hash` of each file. Targets: CPython 3.12
-# (the released image, python:3.12-slim) and CPython 3.11 (CI's Debian 12 stand-in base),
-# each on x86_64 and aarch64 (Graviton). cryptography's wheel is abi3 and pycparser's is pure
+# would choose for each target (CPython 3.12 and 3.11 on x86_64 and aarch64: wheel-targets.sh),
+# and records `pip hash` of each file. cryptography's wheel is abi3 and pycparser's is pure
 # Python, so only cffi differs between 3.11 and 3.12.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,18 +19,10 @@ pins() { sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' "$1"; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-for python in 3.12 3.11; do
-  for machine in x86_64 aarch64; do
-    # manylinux tags from newest to oldest: pip takes the best wheel a glibc 2.34+ system accepts.
-    platforms=()
-    for tag in manylinux_2_34 manylinux_2_28 manylinux_2_17 manylinux2014; do
-      platforms+=(--platform "${tag}_${machine}")
-    done
-    # shellcheck disable=SC2046
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
-      --python-version "$python" "${platforms[@]}" --dest "$work" $(pins "$runtime")
-  done
-done
+# shellcheck source=.ci/image/wheel-targets.sh
+. .ci/image/wheel-targets.sh
+# shellcheck disable=SC2046
+download_for_each_target --dest "$work" $(pins "$runtime")
 # shellcheck disable=SC2046
 python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$work" $(pins "$pip_lock")
 
