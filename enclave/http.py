@@ -33,7 +33,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -86,11 +86,14 @@ class TransportError(EnclaveError):
 
 @dataclass(frozen=True)
 class Response:
-    """An HTTP response of any status; the caller interprets error statuses (AWS errors)."""
+    """An HTTP response of any status; the caller interprets error statuses (AWS errors).
+
+    ``repr`` leaves out the body: it may be IMDS credentials or a KMS plaintext.
+    """
 
     status: int
     headers: Mapping[str, str]  # names lowercased; repeated headers joined with ", "
-    body: bytes
+    body: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,11 @@ def test_refused_proxy_is_transient_and_never_shows_its_password() -> None:
     assert "s3cret" not in str(failure.value)
 
 
+def test_response_repr_never_shows_the_body() -> None:
+    response = Response(200, {}, b'{"SecretAccessKey": "s3cret"}')
+    assert "s3cret" not in repr(response)
+
+
 def test_proxy_repr_never_shows_its_credentials() -> None:
     proxy = parse_proxy("http://user:s3cret-pw@127.0.0.1:3128", "https_proxy")
     assert proxy.authorization is not None
