@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,14 +97,12 @@ class KMSClient:
         endpoint: str | None = None,
         environ: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
-        _sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self.region = region
         self.endpoint = endpoint or kms_endpoint(region, self._environ)
         self._credentials = credentials
         self._retry = retry or RetryPolicy()
-        self._sleep_kwargs: dict[str, Any] = {} if _sleep is None else {"sleep": _sleep}
         self.calls = 0
         self.errors = 0
 
@@ -185,7 +183,6 @@ class KMSClient:
                 lambda remaining: self._attempt(action, body, remaining),
                 self._retry,
                 describe=f"KMS {action}",
-                **self._sleep_kwargs,
             )
         except KMSError:
             self.errors += 1

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from enclave import http
 from enclave.awscall import AWSError, CredentialSource, send_signed
@@ -74,13 +73,11 @@ class S3Client:
         *,
         environ: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
-        _sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.region = region
         self._credentials = credentials
         self._environ = os.environ if environ is None else environ
         self._retry = retry or RetryPolicy()
-        self._sleep_kwargs: dict[str, Any] = {} if _sleep is None else {"sleep": _sleep}
 
     def get_object(
         self, bucket: str, key: str, *, if_none_match: str | None = None
@@ -110,7 +107,6 @@ class S3Client:
             lambda remaining: self._attempt(method, url, headers, body, remaining, describe),
             self._retry,
             describe=describe,
-            **self._sleep_kwargs,
         )
 
     def _attempt(
