@@ -32,7 +32,6 @@ from enclave.errors import EnclaveError
 
 # Defined and used in enclave.imds; importable from here as before.
 from enclave.imds import DEFAULT_IMDS_ENDPOINT as DEFAULT_IMDS_ENDPOINT
-from enclave.imds import ENDPOINT_VARIABLE as ENDPOINT_VARIABLE
 
 __all__ = ["REFRESH_AHEAD", "CredentialProvider", "CredentialsError", "resolve_region"]
 
@@ -283,12 +282,6 @@ def _fetch_imds_credentials(
             f"host's clock says {now.isoformat()}: check the clock (chrony, NTP)"
         )
     return credentials
-
-
-def _parse_credentials_document(body: bytes, role: str) -> sigv4.Credentials:
-    """:func:`enclave.imds.parse_credentials_document`, failing with CredentialsError."""
-    with _imds_failures_as_credentials_errors():
-        return imds.parse_credentials_document(body, role)
 
 
 # -- expiry and region ------------------------------------------------------------------

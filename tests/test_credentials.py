@@ -29,6 +29,7 @@ from enclave.credentials import (
     CredentialsError,
     resolve_region,
 )
+from enclave.imds import parse_credentials_document
 from tests.support.imds import (
     REGION_PATH,
     ROLE_LIST_PATH,
@@ -578,7 +579,8 @@ def test_credentials_document_parser_returns_credentials_or_raises_credentials_e
     body: bytes,
 ) -> None:
     try:
-        got = credentials._parse_credentials_document(body, "role")
+        with credentials._imds_failures_as_credentials_errors():  # as _fetch_imds_credentials does
+            got = parse_credentials_document(body, "role")
     except CredentialsError as exc:
         assert "topsecretvalue" not in str(exc)
         event("refused")
