@@ -55,7 +55,6 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,7 @@ from urllib.parse import urlencode
 import pytest
 
 from enclave.sigv4 import Credentials, sign
+from tests.support.service_client import free_port
 
 #: How long moto may take to import and bind; it is about 2 s on a quiet machine.
 START_TIMEOUT_S = 60.0
@@ -253,13 +253,6 @@ def _check_enforcing(server: MotoServer) -> None:
     assert identity["Arn"] == server.user_arn
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _wait_until_answering(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     """Poll moto's own API (not an AWS action, so it does not use up a setup call)."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -280,7 +273,7 @@ def _wait_until_answering(process: subprocess.Popen[bytes], port: int, log: Path
 @contextlib.contextmanager
 def running_moto_server() -> Iterator[MotoServer]:
     """Start moto, set up the identities, check enforcement; stop moto on exit."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}
     with tempfile.TemporaryDirectory(prefix="moto-") as scratch:
         log = Path(scratch) / "moto.log"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.service_client import free_port
+
 START_TIMEOUT = 10.0  # seconds to wait for tinyproxy to accept connections
 STOP_TIMEOUT = 5.0  # seconds to wait for tinyproxy to exit after SIGTERM (then SIGKILL)
 PORT_ATTEMPTS = 3  # free-port races (another process takes the port first) retried this often
@@ -58,13 +60,6 @@ class Tinyproxy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _config(port: int, connect_ports: tuple[int, ...], basic_auth: tuple[str, str] | None) -> str:
@@ -114,7 +109,7 @@ def start_tinyproxy(
         config = Path(tmp) / "tinyproxy.conf"
         log_file = Path(tmp) / "tinyproxy.log"
         for _ in range(PORT_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             config.write_text(_config(port, connect_ports, basic_auth))
             with log_file.open("wb") as log:
                 # -d: stay in the foreground and log to stdout (kept in log_file).
