@@ -14,7 +14,6 @@ simply made again; the root is never replaced behind the user's back.
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave.errors import EnclaveError
+from enclave.simulator.files import write_atomically
 
 #: Long enough to outlive any demo; to start over, delete the state folder.
 ROOT_LIFETIME = timedelta(days=3650)
@@ -267,25 +267,9 @@ def _save_pair(folder: Path, name: str, pair: _Pair) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),  # a throwaway development key, kept in a 0600 file
     )
-    _write_atomically(folder / f"{name}.key.pem", key_pem, KEY_FILE_MODE)
+    write_atomically(folder / f"{name}.key.pem", key_pem, KEY_FILE_MODE)
     cert_pem = pair.certificate.public_bytes(serialization.Encoding.PEM)
-    _write_atomically(folder / f"{name}.pem", cert_pem, 0o644)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` next to ``path`` and rename it over ``path``, so readers never see half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # the umask or an old file must not widen it
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, path)
+    write_atomically(folder / f"{name}.pem", cert_pem, 0o644)
 
 
 def _utc(now: datetime | None) -> datetime:

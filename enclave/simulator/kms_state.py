@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import stat
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from enclave.simulator.files import write_atomically
 from enclave.simulator.kms_errors import LocalKMSError
 
 __all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Key", "State"]
@@ -104,20 +104,6 @@ class State:
             "keys": keys, "aliases": self.aliases,
             "credentials": {a: asdict(c) for a, c in self.credentials.items()},
         }  # fmt: skip
-        _write_private(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write next to ``path`` with mode 0600, then rename over it: readers never see half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, STATE_FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), STATE_FILE_MODE)  # neither umask nor an old file widens it
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, path)
+        write_atomically(
+            self.path, json.dumps(data, indent=1, sort_keys=True).encode(), STATE_FILE_MODE
+        )
