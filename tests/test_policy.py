@@ -84,6 +84,17 @@ def allows(document: dict[str, object], principal: str, action: str) -> bool:
     )
 
 
+def three_role_policy(pcr0: bytes) -> dict[str, object]:
+    """The key policy for the admin, enclave and operator roles, pinning one PCR0."""
+    return policy.key_policy(
+        account=ACCOUNT,
+        admin_role=ADMIN,
+        enclave_role=ENCLAVE,
+        operator_role=OPERATOR,
+        pcrs={0: [pcr0]},
+    )
+
+
 # -- the document ------------------------------------------------------------------------------
 
 
@@ -137,13 +148,7 @@ def test_pcr8_adds_a_second_condition_key_that_must_also_match(capsys):
 
 
 def test_no_statement_names_a_wildcard_principal_and_all_resources_are_the_key_itself():
-    document = policy.key_policy(
-        account=ACCOUNT,
-        admin_role=ADMIN,
-        enclave_role=ENCLAVE,
-        operator_role=OPERATOR,
-        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
-    )
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
     for statement in statements(document).values():
         assert all("*" not in arn for arn in principals(statement)), statement["Sid"]
         assert statement["Resource"] == "*"
@@ -154,13 +159,7 @@ def test_no_statement_names_a_wildcard_principal_and_all_resources_are_the_key_i
 @pytest.mark.parametrize("role", [ADMIN, OPERATOR])
 @pytest.mark.parametrize("action", ["kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo"])
 def test_admin_and_operator_are_never_allowed_to_decrypt_and_are_explicitly_denied(role, action):
-    document = policy.key_policy(
-        account=ACCOUNT,
-        admin_role=ADMIN,
-        enclave_role=ENCLAVE,
-        operator_role=OPERATOR,
-        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
-    )
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
     assert not allows(document, role, action)
     deny = statements(document)["DenyDecryptToAdministrationAndOperator"]
     assert deny["Effect"] == "Deny" and role in principals(deny) and deny["Action"] == "kms:Decrypt"
@@ -168,13 +167,7 @@ def test_admin_and_operator_are_never_allowed_to_decrypt_and_are_explicitly_deni
 
 
 def test_admin_manages_the_key_and_the_operator_seals():
-    document = policy.key_policy(
-        account=ACCOUNT,
-        admin_role=ADMIN,
-        enclave_role=ENCLAVE,
-        operator_role=OPERATOR,
-        pcrs={0: [bytes.fromhex(PCR0_NEW)]},
-    )
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
     for action in ("kms:PutKeyPolicy", "kms:ScheduleKeyDeletion", "kms:DescribeKey"):
         assert allows(document, ADMIN, action)
     for action in ("kms:GenerateDataKey", "kms:Encrypt"):
@@ -351,13 +344,7 @@ def local_kms(tmp_path_factory) -> Iterator[tuple[object, object, str]]:
 
     folder = tmp_path_factory.mktemp("trust-kms")
     ca = load_or_create(folder / "ca")
-    document = policy.key_policy(
-        account="111122223333",
-        admin_role=ADMIN,
-        enclave_role=ENCLAVE,
-        operator_role=OPERATOR,
-        pcrs={0: [GOOD_PCR0]},
-    )
+    document = three_role_policy(GOOD_PCR0)
     with kms_server.LocalKMS(folder / "kms", simulator_root=ca.root) as kms:
         key_arn = kms.create_key(ADMIN, policy_document=json.dumps(document))
         yield kms, ca, key_arn
@@ -446,13 +433,7 @@ def test_explicit_denies_hold_even_when_a_later_edit_allows_everything(role, pcr
     evaluator = pytest.importorskip(
         "enclave.simulator.policy", reason="the local KMS's policy evaluator is not here"
     )
-    document = policy.key_policy(
-        account=ACCOUNT,
-        admin_role=ADMIN,
-        enclave_role=ENCLAVE,
-        operator_role=OPERATOR,
-        pcrs={0: [GOOD_PCR0]},
-    )
+    document = three_role_policy(GOOD_PCR0)
     widened = dict(document)
     widened["Statement"] = [
         *document["Statement"],  # type: ignore[misc]
