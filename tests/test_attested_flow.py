@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from enclave.simulator.ca import SimulatedCA, load_or_create
 from enclave.simulator.kms_server import LocalKMS
 from enclave.simulator.nsm import SimulatedNSM, measure_pcr0
 from tests.conftest import VECTORS
+from tests.test_cms import OAEP_SHA256_KEYOPTS, _openssl
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -42,12 +42,6 @@ ENCLAVE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/noflylist-enclave"
 NO_RETRY = RetryPolicy(deadline=5.0, max_attempts=1)
 CONTEXT = {"purpose": "noflylist data key"}
 OTHER_IMAGE = hashlib.sha384(b"some other enclave image").digest()
-OAEP_SHA256_KEYOPTS = (
-    "-keyopt", "rsa_padding_mode:oaep",
-    "-keyopt", "rsa_oaep_md:sha256",
-    "-keyopt", "rsa_mgf1_md:sha256",
-)  # fmt: skip
-OPENSSL_TIMEOUT_SECONDS = 60
 
 
 class Static:
@@ -250,16 +244,6 @@ def _rsa_public_der() -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _openssl(*args: str, stdin: bytes = b"") -> bytes:
-    binary = shutil.which("openssl")
-    if binary is None:
-        pytest.fail("the openssl command is missing: install the Debian package (.ci/apt-packages)")
-    done = subprocess.run([binary, *args], input=stdin, capture_output=True,
-                          timeout=OPENSSL_TIMEOUT_SECONDS)  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
