@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from enclave import attestation, credentials, http
 from enclave.attested import AttestedDecryptor
+from enclave.awscall import CredentialSource
 from enclave.credentials import CredentialProvider
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient, KMSError
@@ -319,11 +320,11 @@ class _Static:
 
 
 def holder_for(
-    source: Source, kms: FaultyKMS, nsm: SimulatedNSM, provider: object = None
+    source: Source, kms: FaultyKMS, nsm: SimulatedNSM, provider: CredentialSource | None = None
 ) -> ListHolder:
     """The service's list holder with the production decryptor, against the fake KMS."""
     client = KMSClient(REGION, provider or _Static(), environ={"AWS_ENDPOINT_URL_KMS": kms.url},
-                       retry=FAST)  # type: ignore[arg-type]  # fmt: skip
+                       retry=FAST)  # fmt: skip
     return ListHolder(source, AttestedDecryptor(client, nsm, mode="simulated"), Metrics())
 
 
@@ -337,9 +338,8 @@ def file_source(tmp_path: Path, document: bytes) -> FileSource:
     return FileSource(str(path))
 
 
-def s3_source(s3: FaultyS3, provider: object = None) -> S3Source:
-    client = S3Client(REGION, provider or _Static(), environ={"AWS_ENDPOINT_URL_S3": s3.url},
-                      retry=FAST)  # type: ignore[arg-type]  # fmt: skip
+def s3_source(s3: FaultyS3) -> S3Source:
+    client = S3Client(REGION, _Static(), environ={"AWS_ENDPOINT_URL_S3": s3.url}, retry=FAST)
     return S3Source(f"s3://{BUCKET}/{KEY}", client)
 
 
@@ -632,7 +632,7 @@ def test_s3_etag_flapping_during_a_refresh_neither_rolls_back_nor_decrypts_again
     # The rollout is half visible: GETs alternate between the new and the old object.
     s3.versions = [new, old]
     s3.gets = 0
-    outcomes = []
+    outcomes: list[bool | str] = []
     with caplog.at_level(logging.INFO):
         for _ in range(6):
             try:
