@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,18 @@ def error(response: http.Response) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def unencodable(kms: LocalKMS, headers: dict[str, str]) -> tuple[int, str]:
+    """POST / with header values our HTTP client refuses to send (non-ASCII, sent as
+    latin-1); return the status and KMS's error code."""
+    lines = [f"{name}: {value}" for name, value in {"Host": kms.url[7:], **headers}.items()]
+    port = int(kms.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("POST / HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        response = HTTPResponse(sock)
+        response.begin()
+        return response.status, str(json.loads(response.read())["__type"])
 
 
 # -- both clients are accepted --------------------------------------------------------------------
@@ -238,6 +252,18 @@ def test_wrong_or_missing_session_token_is_refused(kms: LocalKMS) -> None:
     assert code_of(lambda: boto(kms, wrong).generate_random(NumberOfBytes=8)) == (
         "UnrecognizedClientException"
     )
+
+
+def test_a_non_ascii_session_token_is_refused_not_an_internal_error(kms: LocalKMS) -> None:
+    """Bug fixed: comparing it with hmac.compare_digest on str raised TypeError (HTTP 500)."""
+    real = kms.create_credentials(ALICE, session_token=True)
+    authorization = (
+        f"AWS4-HMAC-SHA256 Credential={real.access_key_id}/20240101/{REGION}/kms/aws4_request, "
+        f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}"
+    )
+    headers = {"Authorization": authorization, "X-Amz-Security-Token": "caf\xe9",
+               "Content-Length": "0"}  # fmt: skip
+    assert unencodable(kms, headers) == (400, "UnrecognizedClientException")
 
 
 def test_unknown_access_key_is_refused(kms: LocalKMS) -> None:

@@ -79,7 +79,9 @@ def authenticate(
     token = headers.get("x-amz-security-token")
     if credential is None or (token is None) != (credential.session_token is None):
         raise fault("UnrecognizedClientException", _BAD_TOKEN)
-    if token is not None and not hmac.compare_digest(token, credential.session_token or ""):
+    # As bytes: compare_digest refuses str holding non-ASCII (headers arrive as latin-1).
+    stored_token = (credential.session_token or "").encode()
+    if token is not None and not hmac.compare_digest(token.encode(), stored_token):
         raise fault("UnrecognizedClientException", _BAD_TOKEN)
     names = signed_names.split(";")
     if "host" not in names or "x-amz-date" not in names or names != sorted(set(names)):
