@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -458,9 +459,7 @@ def test_http_answers_503_never_cleared_while_no_list_could_be_loaded(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        import http.client
-
-        connection = http.client.HTTPConnection(*server.address, timeout=5)
+        connection = HTTPConnection(*server.address, timeout=5)
         for target in ("/enclave/passenger?name=Kermit", "/enclave/passenger?name=Big+Bird"):
             connection.request("GET", target)
             answer = connection.getresponse()
