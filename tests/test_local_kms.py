@@ -254,6 +254,18 @@ def test_wrong_or_missing_session_token_is_refused(kms: LocalKMS) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("length", "code"),
+    [("\xb2", "SerializationException"), ("9" * 5000, "ValidationException")],
+    ids=["superscript two", "5000 digits"],
+)
+def test_a_content_length_int_refuses_is_a_400_not_an_internal_error(
+    kms: LocalKMS, length: str, code: str
+) -> None:
+    """Bug fixed: str.isdigit() passed both, then int() raised ValueError (HTTP 500)."""
+    assert unencodable(kms, {"Content-Length": length}) == (400, code)
+
+
 def test_a_non_ascii_session_token_is_refused_not_an_internal_error(kms: LocalKMS) -> None:
     """Bug fixed: comparing it with hmac.compare_digest on str raised TypeError (HTTP 500)."""
     real = kms.create_credentials(ALICE, session_token=True)

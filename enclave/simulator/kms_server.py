@@ -204,12 +204,15 @@ def _read_body(handler: _Handler) -> bytes:
     if handler.path.split("?")[0] != "/":
         raise fault("UnknownOperationException", "KMS answers POST / only.")
     length = handler.headers.get("Content-Length", "")
-    if not length.isdigit() or handler.headers.get("Transfer-Encoding"):
+    # ASCII only: str.isdigit() also passes digits such as "²", which int() refuses.
+    if not (length.isascii() and length.isdigit()) or handler.headers.get("Transfer-Encoding"):
         raise fault("SerializationException", "Send the body with a Content-Length.")
-    if int(length) > MAX_REQUEST_BYTES:
+    digits = length.lstrip("0") or "0"
+    # More digits than the limit has is larger, and int() refuses over 4300 digits.
+    if len(digits) > len(str(MAX_REQUEST_BYTES)) or int(digits) > MAX_REQUEST_BYTES:
         handler.close_connection = True
         raise fault("ValidationException", f"The request is larger than {MAX_REQUEST_BYTES}.")
-    return handler.rfile.read(int(length))
+    return handler.rfile.read(int(digits))
 
 
 # -- running alone ----------------------------------------------------------------------------
