@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from enclave.simulator.nsm import SimulatedNSM
 from noflylist import app, cli, envelope
 from noflylist.config import ServeConfig
 from noflylist.screening import normalize
+from noflylist.service import LOADS
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 from tests.test_faults import FaultyKMS
 
@@ -259,7 +260,7 @@ def _raw(address: tuple[str, int], data: bytes) -> bytes:
         return received
 
 
-def _wait_for(predicate: Any, what: str) -> None:
+def _wait_for(predicate: Callable[[], object], what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not predicate():
         if time.monotonic() > deadline:
@@ -352,18 +353,16 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
         # where the envelope should be; an older envelope; then a good one.
         path.write_bytes(envelope.seal_v2(later, keys, KEY_ARN, serial=2))
         kms.script = ["plaintext-instead"]
-        failed = service.metrics.events("noflylist_list_loads_total", "failed")
+        failed = service.metrics.events(LOADS, "failed")
         service.reload()
-        _wait_for(lambda: service.metrics.events("noflylist_list_loads_total", "failed")
-                  > failed, "the failed refresh")  # fmt: skip
+        _wait_for(lambda: service.metrics.events(LOADS, "failed") > failed, "the failed refresh")
         path.write_text("\n".join(listed + later) + "\n")
         service.reload()
-        _wait_for(lambda: service.metrics.events("noflylist_list_loads_total", "failed")
-                  > failed + 1, "the refresh of a clear-text file")  # fmt: skip
+        _wait_for(lambda: service.metrics.events(LOADS, "failed") > failed + 1,
+                  "the refresh of a clear-text file")  # fmt: skip
         path.write_bytes(envelope.seal_v2(listed, keys, KEY_ARN, serial=1))
         service.reload()
-        _wait_for(lambda: service.metrics.events("noflylist_list_loads_total", "refused") == 1,
-                  "the refused rollback")  # fmt: skip
+        _wait_for(lambda: service.metrics.events(LOADS, "refused") == 1, "the refused rollback")
         path.write_bytes(envelope.seal_v2(later, keys, KEY_ARN, serial=3))
         service.reload()
         _wait_for(lambda: service.holder.current is not None
