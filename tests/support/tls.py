@@ -21,7 +21,6 @@ import base64
 import datetime
 import ipaddress
 import json
-import socket
 import ssl
 import sys
 import threading
@@ -37,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.service_client import free_port
 
 HANG_LIMIT = 20.0  # seconds a /hang request is held at most, so a stuck test cannot stall CI
 SOCKET_TIMEOUT = 10.0  # seconds the server waits on any one client read or write
@@ -279,9 +280,6 @@ def serve(tls: ssl.SSLContext | None = None, *, bind: str = "127.0.0.1",
         thread.join(JOIN_TIMEOUT)
 
 
-def closed_port(bind: str = "127.0.0.1") -> int:
+def closed_port() -> int:
     """A loopback port that nothing listens on right now (connections to it are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((bind, 0))
-        port: int = probe.getsockname()[1]
-    return port
+    return free_port()
