@@ -256,6 +256,12 @@ def _reachable(root: object) -> list[object]:
     return list(seen.values())
 
 
+def _occupied_slots(table: ScreeningTable) -> list[bytes]:
+    """The table's 16-byte slots that hold a fingerprint (an empty slot is all zeros)."""
+    slots = (table._slots[i : i + 16] for i in range(0, table.nbytes, 16))
+    return [slot for slot in slots if slot != bytes(16)]
+
+
 def test_table_references_only_bytes_and_ints_and_no_name_text() -> None:
     names = [*SESAME, "Abdulrahman Al-Example", "Jane Q. Public"]
     table = ScreeningTable.build(names)
@@ -285,18 +291,13 @@ def test_two_tables_from_the_same_names_use_different_keys_and_fingerprints() ->
     first, second = ScreeningTable.build(SESAME), ScreeningTable.build(SESAME)
     assert first._key != second._key
     assert first._slots != second._slots
-    fingerprints_of = [
-        {b[i : i + 16] for i in range(0, len(b), 16)} - {bytes(16)}
-        for b in (first._slots, second._slots)
-    ]
-    assert not fingerprints_of[0] & fingerprints_of[1]
+    assert not set(_occupied_slots(first)) & set(_occupied_slots(second))
     assert all(first.contains(n) and second.contains(n) for n in SESAME)
 
 
 def test_every_stored_fingerprint_has_the_flag_so_no_empty_slot_can_match() -> None:
     table = ScreeningTable.build(SESAME)
-    slots = [table._slots[i : i + 16] for i in range(0, table.nbytes, 16)]
-    occupied = [s for s in slots if s != bytes(16)]
+    occupied = _occupied_slots(table)
     assert len(occupied) == len(SESAME)
     assert all(s[0] & 0x80 for s in occupied)
 
@@ -335,8 +336,7 @@ def test_repeats_are_stored_once_even_when_most_of_the_list_repeats() -> None:
     names = ["Big Bird", "big bird", "BIGBIRD", "Elmo"] * 500 + ["Grover"]
     table = ScreeningTable.build(iter(names))
     assert len(table) == 3
-    occupied = [table._slots[i : i + 16] for i in range(0, table.nbytes, 16)]
-    assert sum(1 for s in occupied if s != bytes(16)) == 3
+    assert len(_occupied_slots(table)) == 3
     assert table.contains(" b i g b i r d ") and table.contains("GROVER")
     assert not table.contains("Bert")
 
