@@ -45,6 +45,7 @@ from hypothesis import strategies as st
 
 from enclave import attestation, ber, cbor, cms, cose
 from enclave.errors import EnclaveError
+from enclave.kms import DataKey
 from enclave.simulator.cms_writer import encode_enveloped_data
 from noflylist import envelope, http_framing, server
 from noflylist.metrics import Metrics
@@ -79,9 +80,7 @@ class _FixedKey:
     def decrypt(self, ciphertext_blob: bytes, **_: object) -> bytes:
         return self.key
 
-    def generate_data_key(self, key_id: str, **_: object) -> object:
-        from enclave.kms import DataKey
-
+    def generate_data_key(self, key_id: str, **_: object) -> DataKey:
         return DataKey(KEY_ARN, b"blob", self.key, None)
 
 
@@ -257,8 +256,8 @@ def seeds(target: str) -> tuple[bytes, ...]:
         "cose": nitro,
         "attestation": nitro,
         "envelope": (
-            envelope.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),  # type: ignore[arg-type]
-            envelope.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),  # type: ignore[arg-type]
+            envelope.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),
+            envelope.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),
         ),
         "http-framing": requests,
         "query": (b"name=Big%20Bird", b"name=a&nom=b", b"name=%C3%A9+x&&a=b", b"x=%25"),
