@@ -177,13 +177,12 @@ def test_verify_refuses_input_that_is_neither_cbor_nor_base64(tmp_path, capsys):
     assert status == 1 and "neither a CBOR attestation document nor base64" in err
 
 
-def test_verify_against_another_root_fails_at_step_3(tmp_path, capsys, simulator):
+def test_verify_against_another_root_fails_at_step_3(capsys, simulator):
     sim, _ = simulator
-    root = tmp_path / "root.pem"
-    root.write_bytes(sim.folder_root_pem)
     name = PRODUCTION[0]
     status, _, err = run(
-        ["verify", str(NITRO / name), "--at", inside_window(name), "--root", str(root)], capsys
+        ["verify", str(NITRO / name), "--at", inside_window(name), "--root", str(sim.root_pem)],
+        capsys,
     )
     assert status == 1 and "step 3 (certificate chain)" in err
 
@@ -198,8 +197,7 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
         {"nonce": [nonce.hex()]}, {}
     )
     (tmp_path / "doc.cbor").write_bytes(body)
-    (tmp_path / "root.pem").write_bytes(sim.folder_root_pem)
-    argv = ["verify", str(tmp_path / "doc.cbor"), "--root", str(tmp_path / "root.pem")]
+    argv = ["verify", str(tmp_path / "doc.cbor"), "--root", str(sim.root_pem)]
     status, out, err = run([*argv, "--nonce", nonce.hex(), "--json"], capsys)
     assert status == 0, err
     fields = json.loads(out)
@@ -218,11 +216,11 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
 
 
 class _Simulator:
-    """The simulator's CA with its root PEM at hand."""
+    """The simulator's CA and the root PEM file it wrote (what a user passes to --root)."""
 
     def __init__(self, ca: SimulatedCA, folder: Path) -> None:
         self.ca = ca
-        self.folder_root_pem = (folder / "root.pem").read_bytes()
+        self.root_pem = folder / "root.pem"
 
 
 @pytest.fixture(scope="module")
@@ -420,19 +418,17 @@ class _Service:
 
 
 @pytest.fixture()
-def serve(simulator, holder, tmp_path, monkeypatch):
+def serve(simulator, holder, monkeypatch):
     """Start a loopback Server whose attestation route is ``route`` (default: the simulator)."""
     monkeypatch.setenv("no_proxy", "127.0.0.1")  # traffic stays on loopback, whatever the CI sets
     sim, module = simulator
     list_holder = holder[0]
     list_holder.reload(only_if_changed=False)
-    root_pem = tmp_path / "simulator-root.pem"
-    root_pem.write_bytes(sim.folder_root_pem)
     started: list[_Service] = []
 
     def start(route: RouteHandler | None = None) -> _Service:
         route = route or AttestationRoute(module, list_holder, mode="simulated")
-        started.append(_Service(list_holder, route, root_pem))
+        started.append(_Service(list_holder, route, sim.root_pem))
         return started[-1]
 
     yield start
@@ -505,9 +501,8 @@ def test_check_refuses_a_replayed_document_whose_nonce_is_not_ours(serve, simula
 def test_check_refuses_a_debug_mode_enclave(serve, tmp_path, holder, capsys):
     debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
     service = serve(AttestationRoute(debug_module, holder[0], mode="simulated"))
-    (tmp_path / "debug-root.pem").write_bytes((tmp_path / "debug-ca" / "root.pem").read_bytes())
     argv = ["check", service.url, "Big Bird", "--expect-pcr", f"0={PCR0.hex()}"]
-    err = refused(service, capsys, [*argv, "--root", str(tmp_path / "debug-root.pem")])
+    err = refused(service, capsys, [*argv, "--root", str(tmp_path / "debug-ca" / "root.pem")])
     assert "PCR0 is all zero" in err
 
 
