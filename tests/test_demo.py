@@ -57,6 +57,17 @@ def demo(state: Path) -> Iterator[tuple[str, str]]:
         assert "stopped" in "".join(output)
 
 
+def check(base: str, state: Path, pcr0: str) -> subprocess.CompletedProcess[str]:
+    """`noflylist check` of "Big Bird", expecting ``pcr0`` and trusting the demo's root."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "noflylist", "check", base, "Big Bird",
+            "--expect-pcr", f"0={pcr0}", "--root", str(state / "ca" / "root.pem"),
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with demo(state) as (base, pcr0):
@@ -65,22 +76,10 @@ def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> N
             "  COOKIE monster  is on the no-fly list and CAN NOT BOARD!\n"
         )
         assert ask(base, "foo") == "foo is cleared to fly. Enjoy your flight!\n"
-        checked = subprocess.run(
-            [
-                sys.executable, "-m", "noflylist", "check", base, "Big Bird",
-                "--expect-pcr", f"0={pcr0}", "--root", str(state / "ca" / "root.pem"),
-            ],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        checked = check(base, state, pcr0)
         assert checked.returncode == 0, checked.stderr
         assert "Big Bird is on the no-fly list and CAN NOT BOARD!" in checked.stdout
-        refused = subprocess.run(
-            [
-                sys.executable, "-m", "noflylist", "check", base, "Big Bird",
-                "--expect-pcr", "0=" + "ab" * 48, "--root", str(state / "ca" / "root.pem"),
-            ],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        refused = check(base, state, "ab" * 48)
         assert refused.returncode != 0
         assert "CAN NOT BOARD" not in refused.stdout
 
