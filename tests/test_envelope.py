@@ -20,8 +20,8 @@ from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 NAMES = ["bigbird", "Oscar, the Grouch", "zoë", "两个头的怪物"]
 
 
-def sealed(kms: FakeDataKeys, names: list[str] = NAMES, serial: int = 3) -> dict[str, Any]:
-    document = envelope.seal_v2(names, kms, "alias/noflylist", serial=serial)
+def sealed(kms: FakeDataKeys) -> dict[str, Any]:
+    document = envelope.seal_v2(NAMES, kms, "alias/noflylist", serial=3)
     value: dict[str, Any] = json.loads(document)
     return value
 
