@@ -24,7 +24,7 @@ import http
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enclave.errors import EnclaveError
 
@@ -75,13 +75,16 @@ class RequestError(EnclaveError):
 
 @dataclass(slots=True)
 class Request:
-    """One complete, checked request. Header names are lower case."""
+    """One complete, checked request. Header names are lower case.
+
+    ``repr`` leaves out the target and the body, which carry queried names, and the headers.
+    """
 
     method: str
-    target: str
+    target: str = field(repr=False)
     http10: bool
-    headers: Mapping[str, str]
-    body: bytes
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
     keep_alive: bool
     #: ``time.monotonic()`` when the request was complete: the start of its latency.
     received: float
@@ -143,9 +146,9 @@ def encode_response(
 @dataclass(slots=True)
 class _Head:
     method: str
-    target: str
+    target: str = field(repr=False)  # its query carries a queried name
     http10: bool
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     content_length: int
     keep_alive: bool
     expect_continue: bool

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noflylist import connections, envelope
+from noflylist import connections, envelope, http_framing
 from noflylist.metrics import Metrics
 from noflylist.screening import normalize
 from noflylist.server import RouteResponse, Server
@@ -808,6 +808,21 @@ def test_access_log_in_json_is_one_object_a_line_without_the_query(
     assert all(isinstance(e["duration_ms"], float) and "\n" not in line
                for e, line in zip(entries, lines, strict=True))
 
+
+
+def test_a_request_and_its_head_have_no_name_in_their_repr() -> None:
+    framer = http_framing.RequestFramer()
+    framer.buffer += (
+        f"POST /v1/screen?name={MARKER} HTTP/1.1\r\nHost: x\r\nX-Name: {MARKER}\r\n"
+        "Content-Length: 20\r\n\r\n"
+    ).encode()
+    assert framer.take_request(0.0) is None and framer.head is not None
+    head_repr = repr(framer.head)
+    framer.buffer += f'{{"names": ["{MARKER}"]}}'.encode()
+    request = framer.take_request(0.0)
+    assert request is not None and MARKER.encode() in request.body
+    assert "POST" in repr(request) and "POST" in head_repr
+    assert MARKER not in repr(request) and MARKER not in head_repr
 
 # -- extra routes and shutdown -------------------------------------------------------------
 
