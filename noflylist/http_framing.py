@@ -166,11 +166,16 @@ def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
         raise RequestError(400, "the request does not start with an HTTP method")
     if _BARE_LF.search(buffer, max(0, searched - 1)):
         raise RequestError(400, "header lines must end with CRLF, not a bare LF")
-    line_end = buffer.find(b"\r\n", 0, MAX_REQUEST_LINE + 2)
+    # No LF is bare (checked above for the new bytes, by earlier calls for the rest), so the
+    # first LF ends the request line: a one-byte search, far quicker than for b"\r\n".
+    line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2) - 1
     if line_end >= 0:
         # A whole request line can be judged now; an HTTP/0.9 client ("GET /x" CRLF) sends
-        # no more and would otherwise wait for the request deadline.
-        _parse_request_line(bytes(buffer[:line_end]))
+        # no more and would otherwise wait for the request deadline. Judge it once (not if it
+        # was whole when last searched): a client trickling its fields must not make every
+        # recv parse an 8 KiB line again.
+        if line_end + 2 > searched:
+            _parse_request_line(bytes(buffer[:line_end]))
     elif len(buffer) > MAX_REQUEST_LINE:
         raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
     if len(buffer) > MAX_HEAD_BYTES:
