@@ -20,9 +20,8 @@ The strict RFC 9112 parser and the response encoder are in :mod:`noflylist.http_
 a refused request is answered with the status it names, and the connection is closed. This
 module adds 408 (a request too slow to arrive) and 503 (request buffers over their budget).
 
-Every limit is a module constant, read where it is applied (so tests can shorten them). The
-framing limits (``MAX_HEAD_BYTES`` and the like) are applied in :mod:`noflylist.http_framing`
-and only re-exported here for reading: shorten them there.
+Every limit is a module constant, read where it is applied (so tests can shorten them); the
+framing limits (``MAX_HEAD_BYTES`` and the like) are those of :mod:`noflylist.http_framing`.
 """
 
 from __future__ import annotations
@@ -39,25 +38,15 @@ from collections import deque
 from collections.abc import Callable
 
 from noflylist import http_framing
-from noflylist.http_framing import (  # re-exported: their users import them from here
-    MAX_BODY_BYTES,
-    MAX_HEAD_BYTES,
-    MAX_HEADERS,
-    MAX_METHOD,
-    MAX_REQUEST_LINE,
-    Request,
-    RequestError,
-    encode_response,
-)
+from noflylist.http_framing import RequestError
 from noflylist.http_sockets import BUSY, LINGERING, READING, WRITING, ClientSockets, Connection
 from noflylist.http_workers import Application, WorkerPool, answer
 
 __all__ = [
     "ACCEPT_PAUSE", "IDLE_TIMEOUT", "LINGER_BYTES", "LINGER_TIMEOUT", "LISTEN_BACKLOG",
-    "MAX_BODY_BYTES", "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_BYTES",
-    "MAX_METHOD", "MAX_REQUEST_LINE", "PIPELINE_BATCH", "RECV_BYTES", "REQUEST_TIMEOUT",
+    "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "PIPELINE_BATCH", "RECV_BYTES", "REQUEST_TIMEOUT",
     "SWEEP_INTERVAL", "WRITE_TIMEOUT",
-    "Application", "ConnectionLoop", "Request", "RequestError", "encode_response",
+    "Application", "ConnectionLoop",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)

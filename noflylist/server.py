@@ -28,7 +28,8 @@ What an auditor should be able to check here:
   not replaced as :func:`urllib.parse.parse_qs` would.
 
 HEAD and every method other than the one a route serves get 405 with ``Allow``; methods
-HTTP does not define get 501. Sockets, framing and limits live in :mod:`noflylist.connections`.
+HTTP does not define get 501. Sockets and their limits live in :mod:`noflylist.connections`,
+the request parser and the response encoder in :mod:`noflylist.http_framing`.
 
 The access log is written on the thread that answers (for single names, the connection loop):
 its handlers should not block. Logging every request roughly doubles the CPU time of one.
@@ -50,7 +51,8 @@ from typing import Any, NamedTuple
 
 from enclave.errors import EnclaveError
 from noflylist import connections
-from noflylist.connections import ConnectionLoop, Request, encode_response
+from noflylist.connections import ConnectionLoop
+from noflylist.http_framing import Request, encode_response
 from noflylist.metrics import Metrics
 from noflylist.screening import answer, normalize
 from noflylist.service import ListHolder
