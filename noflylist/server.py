@@ -44,7 +44,7 @@ import socket
 import time
 import traceback
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -256,6 +256,7 @@ class _App:
                     f"extra route {path!r} must be a new path: '/' and visible ASCII, no '?'"
                 )
             self._routes[path] = _Route(path, path, "GET", _extra(path, handler), quick=False)
+        self._index_page = _index_page(extra_routes)
 
     def is_quick(self, request: Request) -> bool:
         """Only known routes that do fixed work without I/O, and refusals, run on the loop."""
@@ -322,20 +323,7 @@ class _App:
     # Routes.
 
     def _index(self, request: Request, query: str) -> RouteResponse:
-        lines = [
-            "noflylist: screens passengers against a secret no-fly list inside an AWS Nitro "
-            "Enclave.",
-            "",
-            "GET  /enclave/passenger?name=NAME  screen one name (plain text)",
-            'POST /v1/screen                    screen {"names": [...]}, 1 to '
-            f"{MAX_BATCH_NAMES} names (JSON)",
-            "GET  /healthz                      the process is running",
-            "GET  /readyz                       a list is loaded",
-            "GET  /metrics                      Prometheus metrics",
-        ]
-        builtin = {"/", "/healthz", "/readyz", "/metrics", "/enclave/passenger", "/v1/screen"}
-        lines += [f"GET  {path}" for path in self._routes if path not in builtin]
-        return RouteResponse(200, TEXT, ("\n".join(lines) + "\n").encode())
+        return RouteResponse(200, TEXT, self._index_page)
 
     def _healthz(self, request: Request, query: str) -> RouteResponse:
         return RouteResponse(200, TEXT, b"ok\n")
@@ -370,6 +358,23 @@ class _App:
         results = [{"name": name, "listed": current.table.contains(name)} for name in names]
         body = json.dumps({"results": results, "serial": current.serial}, ensure_ascii=False)
         return RouteResponse(200, JSON, body.encode("utf-8"))
+
+
+def _index_page(extra_paths: Iterable[str]) -> bytes:
+    """The text of ``GET /``: what this is, its endpoints, then the extra routes' paths."""
+    lines = [
+        "noflylist: screens passengers against a secret no-fly list inside an AWS Nitro "
+        "Enclave.",
+        "",
+        "GET  /enclave/passenger?name=NAME  screen one name (plain text)",
+        'POST /v1/screen                    screen {"names": [...]}, 1 to '
+        f"{MAX_BATCH_NAMES} names (JSON)",
+        "GET  /healthz                      the process is running",
+        "GET  /readyz                       a list is loaded",
+        "GET  /metrics                      Prometheus metrics",
+    ]
+    lines += [f"GET  {path}" for path in extra_paths]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _extra(path: str, handler: RouteHandler) -> Callable[[Request, str], RouteResponse]:
