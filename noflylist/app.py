@@ -108,8 +108,7 @@ class Service:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.address[:2]
-        return str(host), int(port)
+        return self.server.address
 
     def run(self) -> None:
         """Serve until :meth:`stop`; returns after draining."""
