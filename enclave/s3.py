@@ -143,10 +143,10 @@ class S3Client:
 def _access_denied(action: str) -> str:
     """S3's own advice for AccessDenied (and for a 403 without a readable code)."""
     return (
-        f"the instance role may not s3:{action} this object: check the role's policy and the "
-        "bucket policy (Deny statements, aws:SourceVpce or aws:SourceIp conditions) and, for "
-        "a KMS-encrypted object, kms:Decrypt on its key; without s3:ListBucket S3 also "
-        "answers AccessDenied for a key that does not exist"
+        f"check that the instance role may s3:{action} this object under both its own policy "
+        "and the bucket policy (Deny statements, aws:SourceVpce or aws:SourceIp conditions) "
+        "and, for a KMS-encrypted object, may kms:Decrypt its key; without s3:ListBucket S3 "
+        "also answers AccessDenied for a key that does not exist"
     )
 
 
