@@ -9,6 +9,10 @@ Only the calls this project needs: ``Decrypt``, ``Encrypt``, ``GenerateDataKey``
 answers ``CiphertextForRecipient``, which only the enclave's private key can open
 (see :mod:`enclave.attested`). A ``Plaintext`` in such an answer means something between
 us and KMS is not KMS: it is refused.
+
+Every answer is read through one boundary: a success through :func:`_read_answer` (strict
+JSON, then the fields), an error through :mod:`enclave.awserror` (JSON or XML, code, message
+and fix). Whatever the bytes, the caller gets a result or a :class:`KMSError`.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from enclave import http
+from enclave import awserror, http, strict_json
 from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
+
+T = TypeVar("T")
 
 #: KMS's JSON protocol: the target prefix and content type of every call.
 _TARGET_PREFIX = "TrentService."
@@ -123,9 +129,12 @@ class KMSClient:
         if encryption_context:
             request["EncryptionContext"] = dict(encryption_context)
         _add_recipient(request, recipient)
-        answer = self._call("Decrypt", request)
-        plaintext, for_recipient = _secret_fields(answer, "Decrypt", recipient)
-        return DecryptResult(_text(answer, "KeyId", "Decrypt"), plaintext, for_recipient)
+
+        def read(answer: Mapping[str, Any]) -> DecryptResult:
+            plaintext, for_recipient = _secret_fields(answer, "Decrypt", recipient)
+            return DecryptResult(_text(answer, "KeyId", "Decrypt"), plaintext, for_recipient)
+
+        return self._call("Decrypt", request, read)
 
     def encrypt(
         self,
@@ -138,8 +147,9 @@ class KMSClient:
         request: dict[str, Any] = {"KeyId": key_id, "Plaintext": _b64(plaintext)}
         if encryption_context:
             request["EncryptionContext"] = dict(encryption_context)
-        answer = self._call("Encrypt", request)
-        return _blob(answer, "CiphertextBlob", "Encrypt")
+        return self._call(
+            "Encrypt", request, lambda answer: _blob(answer, "CiphertextBlob", "Encrypt")
+        )
 
     def generate_data_key(
         self,
@@ -154,14 +164,17 @@ class KMSClient:
         if encryption_context:
             request["EncryptionContext"] = dict(encryption_context)
         _add_recipient(request, recipient)
-        answer = self._call("GenerateDataKey", request)
-        plaintext, for_recipient = _secret_fields(answer, "GenerateDataKey", recipient)
-        return DataKey(
-            key_id=_text(answer, "KeyId", "GenerateDataKey"),
-            ciphertext_blob=_blob(answer, "CiphertextBlob", "GenerateDataKey"),
-            plaintext=plaintext,
-            ciphertext_for_recipient=for_recipient,
-        )
+
+        def read(answer: Mapping[str, Any]) -> DataKey:
+            plaintext, for_recipient = _secret_fields(answer, "GenerateDataKey", recipient)
+            return DataKey(
+                key_id=_text(answer, "KeyId", "GenerateDataKey"),
+                ciphertext_blob=_blob(answer, "CiphertextBlob", "GenerateDataKey"),
+                plaintext=plaintext,
+                ciphertext_for_recipient=for_recipient,
+            )
+
+        return self._call("GenerateDataKey", request, read)
 
     def generate_random(
         self, number_of_bytes: int, *, recipient: Recipient | None = None
@@ -169,18 +182,24 @@ class KMSClient:
         """KMS ``GenerateRandom``: ``(plaintext, ciphertext_for_recipient)``, one of them set."""
         request: dict[str, Any] = {"NumberOfBytes": number_of_bytes}
         _add_recipient(request, recipient)
-        answer = self._call("GenerateRandom", request)
-        return _secret_fields(answer, "GenerateRandom", recipient)
+        return self._call(
+            "GenerateRandom",
+            request,
+            lambda answer: _secret_fields(answer, "GenerateRandom", recipient),
+        )
 
     # -- the protocol --------------------------------------------------------------
 
-    def _call(self, action: str, request: Mapping[str, Any]) -> dict[str, Any]:
-        """POST one action, retrying transient failures within the policy's deadline."""
+    def _call(
+        self, action: str, request: Mapping[str, Any], read: Callable[[Mapping[str, Any]], T]
+    ) -> T:
+        """POST one action, retrying transient failures within the policy's deadline, and
+        ``read`` the answer's JSON object (through :func:`_read_answer`, the one boundary)."""
         body = json.dumps(request, separators=(",", ":")).encode()
         self.calls += 1
         try:
             return call_with_retries(
-                lambda remaining: self._attempt(action, body, remaining),
+                lambda remaining: self._attempt(action, body, remaining, read),
                 self._retry,
                 describe=f"KMS {action}",
             )
@@ -188,7 +207,13 @@ class KMSClient:
             self.errors += 1
             raise
 
-    def _attempt(self, action: str, body: bytes, remaining: float) -> dict[str, Any]:
+    def _attempt(
+        self,
+        action: str,
+        body: bytes,
+        remaining: float,
+        read: Callable[[Mapping[str, Any]], T],
+    ) -> T:
         headers = {"Content-Type": _CONTENT_TYPE, "X-Amz-Target": _TARGET_PREFIX + action}
         response = send_signed(
             "POST",
@@ -204,7 +229,7 @@ class KMSClient:
             error=lambda cause: KMSError(f"KMS {action} at {self.endpoint}: {cause}"),
         )
         if response.status == 200:
-            return _json_object(response.body, action)
+            return _read_answer(action, response.body, read)
         error = _error_from(action, response, self.region)
         if error.code in TRANSIENT_CODES or response.status >= 500:
             raise RetryableFailure(error)
@@ -226,14 +251,26 @@ def _add_recipient(request: dict[str, Any], recipient: Recipient | None) -> None
         }
 
 
-def _json_object(body: bytes, action: str) -> dict[str, Any]:
+def _read_answer(action: str, body: bytes, read: Callable[[Mapping[str, Any]], T]) -> T:
+    """The boundary of the answer parser: whatever the bytes, a value or a KMSError.
+
+    The message names the cause (a :class:`~enclave.strict_json.JSONError`'s description, a
+    missing field, an exception's type), never the answer's content: it may hold a key.
+    """
     try:
-        answer = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KMSError(f"KMS {action}: the answer is not JSON ({exc.__class__.__name__})") from None
+        answer = strict_json.loads(body, max_bytes=MAX_RESPONSE_BYTES)
+    except strict_json.JSONError as exc:
+        raise KMSError(f"KMS {action}: the answer is not JSON we accept ({exc})") from None
     if not isinstance(answer, dict):
         raise KMSError(f"KMS {action}: the answer is not a JSON object")
-    return answer
+    try:
+        return read(answer)
+    except KMSError:
+        raise
+    except Exception as exc:  # the boundary: nothing else leaves, whatever the answer holds
+        raise KMSError(
+            f"KMS {action}: the answer could not be read ({type(exc).__name__})"
+        ) from None
 
 
 def _text(answer: Mapping[str, Any], name: str, action: str) -> str:
@@ -270,26 +307,20 @@ def _secret_fields(
     return None, _blob(answer, "CiphertextForRecipient", action)
 
 
+def _decrypt_denied(region: str) -> str:
+    """KMS Decrypt's own advice for AccessDeniedException."""
+    return (
+        "the key policy's kms:RecipientAttestation:PCR0 (or ImageSha384) condition does not "
+        "match this enclave's measurements (a debug-mode enclave reports all-zero PCRs); the "
+        "instance role lacks kms:Decrypt on the key; or the key lives in another region than "
+        f"{region}"
+    )
+
+
 def _error_from(action: str, response: http.Response, region: str) -> KMSError:
-    """Turn a KMS error answer (``{"__type": ..., "message": ...}``) into a KMSError."""
-    code = response.headers.get("x-amzn-errortype", "").split(":")[0] or None
-    message = ""
-    try:
-        parsed = json.loads(response.body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        parsed = None
-    if isinstance(parsed, dict):
-        code = str(parsed.get("__type") or code or "")
-        message = str(parsed.get("message") or parsed.get("Message") or "")
-    code = code.rsplit("#", 1)[-1] if code else None
-    text = f"KMS {action} failed: HTTP {response.status} {code or 'unknown error'}"
-    if message:
-        text += f": {message[:300]}"
-    if code == "AccessDeniedException" and action == "Decrypt":
-        text += (
-            ". Usual causes: the key policy's kms:RecipientAttestation:PCR0 (or ImageSha384) "
-            "condition does not match this enclave's measurements (a debug-mode enclave "
-            "reports all-zero PCRs); the instance role lacks kms:Decrypt on the key; or the "
-            f"key lives in another region than {region}"
-        )
-    return KMSError(text, code=code, status=response.status)
+    """Turn a KMS error answer (JSON, or XML from some proxies and emulators) into a KMSError
+    whose one line names the code, KMS's message and, where known, the fix."""
+    answer = awserror.read(response.headers, response.body)
+    advice = _decrypt_denied(region) if action == "Decrypt" else awserror.ACCESS_DENIED
+    text = awserror.explain(f"KMS {action}", response.status, answer, access_denied=advice)
+    return KMSError(text, code=answer.code, status=response.status)

@@ -12,14 +12,12 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave import http
+from enclave import awserror, http
 from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
 #: Largest object we read: an envelope of a few million names is tens of MiB.
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
-#: S3 error bodies are small XML documents; we read the code and message from their start.
-_ERROR_PEEK_BYTES = 4096
 #: Bucket names usable as a DNS label under TLS (no dots: they break the wildcard certificate).
 _VIRTUAL_HOST_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -104,7 +102,9 @@ class S3Client:
         action = "GetObject" if method == "GET" else "PutObject"
         describe = f"S3 {action} s3://{bucket}/{key}"
         return call_with_retries(
-            lambda remaining: self._attempt(method, url, headers, body, remaining, describe),
+            lambda remaining: self._attempt(
+                method, url, headers, body, remaining, describe, action
+            ),
             self._retry,
             describe=describe,
         )
@@ -117,6 +117,7 @@ class S3Client:
         body: bytes,
         remaining: float,
         describe: str,
+        action: str,
     ) -> http.Response:
         response = send_signed(
             method,
@@ -133,24 +134,26 @@ class S3Client:
         )
         if response.status in (200, 304):
             return response
-        error = _error_from(describe, response)
+        error = _error_from(describe, action, response)
         if response.status >= 500:
             raise RetryableFailure(error)
         raise error
 
 
-def _error_from(describe: str, response: http.Response) -> S3Error:
-    """Read ``<Code>`` and ``<Message>`` from S3's XML error body, without an XML parser."""
-    head = response.body[:_ERROR_PEEK_BYTES].decode("utf-8", "replace")
-    code_match = re.search(r"<Code>([^<]{1,100})</Code>", head)
-    message_match = re.search(r"<Message>([^<]{1,300})</Message>", head)
-    code = code_match.group(1) if code_match else None
-    text = f"{describe} failed: HTTP {response.status} {code or ''}".rstrip()
-    if message_match:
-        text += f": {message_match.group(1)}"
-    if code == "AccessDenied" or response.status == 403:
-        text += (
-            " (check that the instance role may s3:GetObject on this key, and the bucket "
-            "policy and region)"
-        )
-    return S3Error(text, code=code, status=response.status)
+def _access_denied(action: str) -> str:
+    """S3's own advice for AccessDenied (and for a 403 without a readable code)."""
+    return (
+        f"check that the instance role may s3:{action} this object under both its own policy "
+        "and the bucket policy (Deny statements, aws:SourceVpce or aws:SourceIp conditions) "
+        "and, for a KMS-encrypted object, may kms:Decrypt its key; without s3:ListBucket S3 "
+        "also answers AccessDenied for a key that does not exist"
+    )
+
+
+def _error_from(describe: str, action: str, response: http.Response) -> S3Error:
+    """Turn S3's XML error answer into an S3Error whose one line names the code, S3's
+    message and, where known, the fix (:mod:`enclave.awserror` reads the body, no XML
+    parser)."""
+    answer = awserror.read(response.headers, response.body)
+    text = awserror.explain(describe, response.status, answer, access_denied=_access_denied(action))
+    return S3Error(text, code=answer.code, status=response.status)

@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import botocore.session
 import pytest
@@ -85,6 +88,7 @@ def test_kms_refuses_a_wrong_context_and_a_wrong_token_without_retrying(
     with pytest.raises(KMSError) as caught:
         kms_client(moto_server, forged).decrypt(data_key.ciphertext_blob)
     assert caught.value.status == 403
+    assert caught.value.code == "InvalidClientTokenId"
     assert time.monotonic() - started < 2.0  # a client error: no retries
 
 
@@ -103,6 +107,120 @@ def test_s3_put_get_conditional_get_and_missing_key(moto_server: MotoServer) -> 
         with pytest.raises(S3Error) as caught:
             client.get_object(bucket, "lists/missing.json")
         assert (caught.value.status, caught.value.code) == (404, "NoSuchKey")
+
+
+# -- what a failed call says, with moto's real error answers ------------------------------
+
+#: The fix each refusal must name (literal words of enclave.awserror's table).
+KEY_PAIR = "the secret access key does not match the access key id"
+UNKNOWN = "AWS does not know this access key id or session token"
+
+
+def _refusals(
+    moto: MotoServer, credentials: Credentials, bucket: str = "noflylist-refusals"
+) -> tuple[KMSError, S3Error]:
+    """One KMS Decrypt and one S3 GetObject with ``credentials``, both refused."""
+    key_arn = create_key(moto)
+    blob = kms_client(moto, moto.user_credentials).encrypt(key_arn, b"data key")
+    environ = {"AWS_ENDPOINT_URL_S3": moto.endpoint}
+    owner = S3Client(moto.region, Static(moto.user_credentials), environ=environ, retry=FAST)
+    moto.signed("PUT", f"/{bucket}", service="s3", credentials=moto.user_credentials)
+    owner.put_object(bucket, "envelope.json", b"{}")
+    started = time.monotonic()
+    with pytest.raises(KMSError) as from_kms:
+        kms_client(moto, credentials).decrypt(blob, key_id=key_arn)
+    client = S3Client(moto.region, Static(credentials), environ=environ, retry=FAST)
+    with pytest.raises(S3Error) as from_s3:
+        client.get_object(bucket, "envelope.json")
+    assert time.monotonic() - started < 2.0  # client errors: no retries
+    for error in (from_kms.value, from_s3.value):
+        text = str(error)
+        assert "\n" not in text and text.isascii() and text.isprintable()
+        assert credentials.secret_access_key not in text
+        assert not credentials.session_token or credentials.session_token not in text
+        assert "unknown error" not in text
+    return from_kms.value, from_s3.value
+
+
+@pytest.mark.parametrize("identity", ["user", "assumed-role"])
+def test_a_wrong_secret_key_is_named_as_such_by_kms_and_s3(
+    moto_server: MotoServer, identity: str
+) -> None:
+    """moto answers KMS with query-style XML here (real KMS: JSON InvalidSignatureException);
+    both must come out as the same one line with the same fix."""
+    right = moto_server.user_credentials if identity == "user" else moto_server.assume_role()
+    wrong = replace(right, secret_access_key=right.secret_access_key[::-1])
+    from_kms, from_s3 = _refusals(moto_server, wrong)
+    assert (from_kms.status, from_kms.code) == (403, "SignatureDoesNotMatch")
+    assert str(from_kms).startswith("KMS Decrypt failed: HTTP 403 SignatureDoesNotMatch: The "
+                                    "request signature we calculated does not match")  # fmt: skip
+    assert KEY_PAIR in str(from_kms)
+    assert (from_s3.status, from_s3.code) == (403, "SignatureDoesNotMatch")
+    assert KEY_PAIR in str(from_s3) and "bucket policy" not in str(from_s3)
+
+
+def test_a_wrong_session_token_is_named_as_such_by_kms_and_s3(moto_server: MotoServer) -> None:
+    session = moto_server.assume_role()
+    assert session.session_token is not None
+    wrong = replace(session, session_token=session.session_token[:-4] + "AAAA")
+    from_kms, from_s3 = _refusals(moto_server, wrong)
+    assert (from_kms.status, from_kms.code) == (403, "InvalidClientTokenId")
+    assert (from_s3.status, from_s3.code) == (400, "InvalidToken")
+    for error in (from_kms, from_s3):
+        assert UNKNOWN in str(error) and "AWS_SESSION_TOKEN" in str(error)
+
+
+@pytest.mark.parametrize("case", ["unknown-key-id", "temporary-keys-without-token"])
+def test_an_unknown_key_id_or_a_missing_session_token_is_named_by_kms_and_s3(
+    moto_server: MotoServer, case: str
+) -> None:
+    if case == "unknown-key-id":
+        credentials = Credentials("AKIAIOSFODNN7NOTAKEY", "not-the-secret-of-any-key")
+    else:
+        credentials = replace(moto_server.assume_role(), session_token=None)
+    from_kms, from_s3 = _refusals(moto_server, credentials)
+    assert (from_kms.status, from_kms.code) == (403, "InvalidClientTokenId")
+    assert (from_s3.status, from_s3.code) == (403, "InvalidAccessKeyId")
+    for error in (from_kms, from_s3):
+        assert UNKNOWN in str(error)
+
+
+def _iam(moto: MotoServer, action: str, **params: str) -> dict[str, str]:
+    """One IAM call as the allow-everything user; the answer's leaf elements by name."""
+    body = urlencode({"Action": action, "Version": "2010-05-08", **params}).encode()
+    answer = moto.signed("POST", "/", service="iam", credentials=moto.user_credentials,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         body=body)  # fmt: skip
+    assert answer.status == 200, answer.body
+    return {
+        node.tag.rpartition("}")[2]: node.text or "" for node in ET.fromstring(answer.body).iter()
+    }
+
+
+def test_access_denied_names_the_key_policy_for_kms_and_the_bucket_policy_for_s3(
+    moto_server: MotoServer,
+) -> None:
+    """An IAM user whose only permission is sts:GetCallerIdentity: moto's IAM check refuses
+    its Decrypt and GetObject with AccessDenied."""
+    name = "noflylist-denied"
+    _iam(moto_server, "CreateUser", UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}]}  # fmt: skip
+    _iam(moto_server, "PutUserPolicy", UserName=name, PolicyName="almost-nothing",
+         PolicyDocument=json.dumps(policy))  # fmt: skip
+    key = _iam(moto_server, "CreateAccessKey", UserName=name)
+    denied = Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+    from_kms, from_s3 = _refusals(moto_server, denied, bucket="noflylist-denied")
+    assert (from_kms.status, from_kms.code) == (403, "AccessDenied")
+    assert "is not authorized to perform: kms:Decrypt" in str(from_kms)  # moto's own message
+    assert "kms:RecipientAttestation:PCR0" in str(from_kms)
+    assert (from_s3.status, from_s3.code) == (403, "AccessDenied")
+    assert "may s3:GetObject" in str(from_s3) and "bucket policy" in str(from_s3)
+    with pytest.raises(KMSError) as other_action:
+        kms_client(moto_server, denied).generate_data_key(create_key(moto_server))
+    assert other_action.value.code == "AccessDenied"
+    assert "PCR0" not in str(other_action.value)  # the attestation hint is Decrypt's alone
+    assert "IAM policy, or the resource's own policy" in str(other_action.value)
 
 
 # -- the service end to end, on the public demo's envelope format ------------------------
