@@ -610,6 +610,7 @@ def test_document_signed_by_a_key_other_than_the_leafs_fails_step4(
 # -- tampering and fuzzing ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_flipping_any_one_byte_of_a_real_document_fails(name: str) -> None:
     document = _document(name)
@@ -636,6 +637,7 @@ def _certificate_spans(name: str) -> list[tuple[int, int]]:
     return spans
 
 
+@pytest.mark.slow
 @QUIET_SERIALS
 @pytest.mark.parametrize("name", ALL)
 def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name: str) -> None:
@@ -654,6 +656,7 @@ def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name
                     verify(bytes(data), now=_time(name), allow_debug=True)
 
 
+@pytest.mark.slow
 @QUIET_SERIALS
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -694,6 +697,7 @@ CBOR_VALUES = (
 FIELD_NAMES = st.sampled_from([*EXPECTED[DEBUG]["payload_keys_in_order"], "other"])
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(changes=st.dictionaries(FIELD_NAMES, CBOR_VALUES, min_size=1, max_size=5))
 def test_payloads_with_random_field_values_raise_only_attestation_error(

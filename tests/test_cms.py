@@ -558,6 +558,7 @@ def fuzz_seed(recipient: Recipient) -> bytes:
     return blob
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(mutations=st.lists(_MUTATION, min_size=1, max_size=4))
 def test_fuzz_mutated_blobs_raise_only_cmserror(
