@@ -421,6 +421,7 @@ def _normal_request(address: tuple[str, int], keep_alive: socket.socket | None) 
     return elapsed
 
 
+@pytest.mark.slow
 def test_normal_client_is_answered_within_100ms_among_slowloris_and_idle_clients(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,9 +245,8 @@ def test_real_document_is_refused_at_todays_clock_as_expired(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_independent_rfc5280_validator_agrees_on_real_chains(name: str) -> None:
-    verification = pytest.importorskip("cryptography.x509.verification")
-    if not hasattr(verification, "ExtensionPolicy"):
-        pytest.skip("cryptography < 45 has no custom extension policies")
+    # Custom extension policies came in cryptography 45; setup.cfg asks for 47, the lock pins 48.
+    from cryptography.x509 import verification
     payload = _payload(name)
     leaf = x509.load_der_x509_certificate(payload["certificate"])
     intermediates = [x509.load_der_x509_certificate(der) for der in payload["cabundle"][1:]]
@@ -610,6 +609,7 @@ def test_document_signed_by_a_key_other_than_the_leafs_fails_step4(
 # -- tampering and fuzzing ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_flipping_any_one_byte_of_a_real_document_fails(name: str) -> None:
     document = _document(name)
@@ -626,38 +626,6 @@ def test_flipping_any_one_byte_of_a_real_document_fails(name: str) -> None:
                 verify(bytes(tampered), now=_time(name), allow_debug=True)
 
 
-@settings(max_examples=1000, deadline=None)
-@given(st.binary(max_size=2000))
-def test_random_bytes_raise_only_attestation_error(data: bytes) -> None:
-    with pytest.raises(AttestationError):
-        verify(data)
-
-
-@QUIET_SERIALS
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    name=st.sampled_from(ALL),
-    edits=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=6),
-    cut=st.one_of(st.none(), st.integers(0, 5000)),
-    insert=st.one_of(st.none(), st.tuples(st.integers(0, 5000), st.binary(min_size=1, max_size=9))),
-)
-def test_mutated_real_documents_raise_only_attestation_error(
-    name: str, edits: list[tuple[int, int]], cut: int | None, insert: tuple[int, bytes] | None
-) -> None:
-    original = _document(name)
-    data = bytearray(original)
-    for position, value in edits:
-        data[position % len(data)] = value
-    if insert is not None:
-        data[insert[0] % len(data) : insert[0] % len(data)] = insert[1]
-    if cut is not None:
-        del data[cut % len(data) :]
-    if bytes(data) == original:
-        return  # the edits rewrote bytes to their own values: nothing was tampered with
-    with pytest.raises(AttestationError):
-        verify(bytes(data), now=_time(name), allow_debug=True)
-
-
 def _certificate_spans(name: str) -> list[tuple[int, int]]:
     """Where each certificate's DER lies inside a real document (found via cbor2's decoding)."""
     document, payload = _document(name), _payload(name)
@@ -668,6 +636,7 @@ def _certificate_spans(name: str) -> list[tuple[int, int]]:
     return spans
 
 
+@pytest.mark.slow
 @QUIET_SERIALS
 @pytest.mark.parametrize("name", ALL)
 def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name: str) -> None:
@@ -686,6 +655,7 @@ def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name
                     verify(bytes(data), now=_time(name), allow_debug=True)
 
 
+@pytest.mark.slow
 @QUIET_SERIALS
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -726,6 +696,7 @@ CBOR_VALUES = (
 FIELD_NAMES = st.sampled_from([*EXPECTED[DEBUG]["payload_keys_in_order"], "other"])
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(changes=st.dictionaries(FIELD_NAMES, CBOR_VALUES, min_size=1, max_size=5))
 def test_payloads_with_random_field_values_raise_only_attestation_error(

@@ -174,12 +174,14 @@ values: st.SearchStrategy[CBORValue] = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=ROUND_TRIPS)
 @given(values)
 def test_decode_inverts_encode_on_generated_values(value: CBORValue) -> None:
     assert _shape(decode(encode(value))) == _shape(value)
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=DIFFERENTIAL)
 @given(values)
 def test_cbor2_writes_the_same_bytes_and_reads_back_the_same_value(value: CBORValue) -> None:
@@ -188,6 +190,7 @@ def test_cbor2_writes_the_same_bytes_and_reads_back_the_same_value(value: CBORVa
     assert _shape(cbor2.loads(ours)) == _shape(value)
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=DIFFERENTIAL)
 @given(values)
 def test_we_read_cbor2_indefinite_length_output_as_the_same_value(value: CBORValue) -> None:
@@ -244,6 +247,7 @@ def _loose_encoding(draw: st.DrawFn, value: CBORValue) -> bytes:
     return head(6, value.number) + draw(_loose_encoding(value.value))
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=DIFFERENTIAL)
 @given(st.data())
 def test_we_and_cbor2_read_loose_encodings_as_the_same_value(data: st.DataObject) -> None:
@@ -264,6 +268,7 @@ def _decode_or_error(data: bytes) -> CBORValue | CBORError:
         return error
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=FUZZ_BYTES)
 @given(st.binary(max_size=48))
 def test_arbitrary_bytes_raise_only_cbor_error_and_accepted_ones_agree_with_cbor2(
@@ -311,6 +316,7 @@ def _mutate(data: bytes, seed: int) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=FUZZ_MUTATIONS)
 @given(st.sampled_from(_mutation_corpus()), st.integers(0, 2**32 - 1))
 def test_mutated_valid_encodings_raise_only_cbor_error(valid: bytes, seed: int) -> None:
@@ -326,6 +332,7 @@ def test_a_valid_item_followed_by_anything_is_rejected(value: CBORValue, junk: b
         decode(encode(value) + junk)
 
 
+@pytest.mark.slow
 @settings(_FAST, max_examples=FUZZ_TRAILING)
 @given(st.data())
 def test_every_strict_prefix_of_a_valid_encoding_is_rejected(data: st.DataObject) -> None:

@@ -394,6 +394,7 @@ def test_imds_down_names_the_endpoint_and_the_hop_limit_fix(imds: FakeImds) -> N
     assert "--http-put-response-hop-limit 2" in message
 
 
+@pytest.mark.slow
 def test_imds_that_never_answers_the_token_request_times_out_with_the_hop_limit_fix(
     imds: FakeImds,
 ) -> None:

@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.support.service_client import ask, wait_ready
+
+pytestmark = pytest.mark.slow  # each test starts the demo, a process that makes keys
 
 #: Generous: the first start makes a CA and RSA keys on a loaded 2-core machine.
 START_TIMEOUT = 60.0

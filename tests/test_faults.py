@@ -358,6 +358,7 @@ def error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- KMS faults ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", TRANSIENT)
 def test_transient_kms_faults_are_retried_and_the_list_loads(
     tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM, fault: str
@@ -402,6 +403,7 @@ def test_kms_throttling_past_the_deadline_fails_closed_saying_how_long_it_tried(
     assert holder.screen(OLD_LIST[0]) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", [*PERMANENT, "throttling-forever"])
 def test_kms_failing_during_a_refresh_keeps_the_old_list_in_service(
     tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM, fault: str,
@@ -660,6 +662,7 @@ def test_unchanged_s3_object_costs_one_conditional_get_and_no_kms_call(
 # -- the refresh loop under a storm ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refresh_loop_through_a_storm_of_faults_never_stops_answering_correctly(
     s3: FaultyS3, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM
 ) -> None:

@@ -376,6 +376,7 @@ def _atheris_main(argv: list[str]) -> None:
     atheris.Fuzz()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_atheris_driver_runs_a_target_to_completion(target: str) -> None:
     pytest.importorskip("atheris")

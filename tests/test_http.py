@@ -468,6 +468,7 @@ _HOST = st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
 _ENTRY = st.tuples(st.sampled_from(["", "."]), _HOST, st.sampled_from(["", " "])).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(host=_HOST, entries=st.lists(_ENTRY, max_size=4), upper=st.booleans())
 def test_domain_rules_agree_with_urllib(host: str, entries: list[str], upper: bool) -> None:

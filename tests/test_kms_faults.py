@@ -76,6 +76,7 @@ def test_kms_retries_transient_failures_then_succeeds(fault: Answer) -> None:
     assert len(server.requests) == 4
 
 
+@pytest.mark.slow
 def test_kms_gives_up_within_the_deadline_with_the_cause() -> None:
     policy = RetryPolicy(deadline=1.0, base_delay=0.05, max_delay=0.2)
     with scripted_server([kms_error("ThrottlingException", "Rate exceeded")]) as server:
@@ -109,6 +110,7 @@ def test_kms_error_code_with_namespace_prefix_is_shortened() -> None:
     assert caught.value.code == "InvalidCiphertextException"
 
 
+@pytest.mark.slow
 def test_kms_read_timeout_is_retried_then_reported() -> None:
     policy = RetryPolicy(deadline=1.5, base_delay=0.01, max_delay=0.02)
     slow = Answer(200, b"{}", delay=5.0)

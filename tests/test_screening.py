@@ -135,6 +135,7 @@ def test_normalize_equals_unicode_nfkc_casefold_without_whitespace_for_every_cod
     assert default_ignorable > 300
 
 
+@pytest.mark.slow
 def test_normalize_drops_exactly_whitespace_and_is_stable_for_every_code_point() -> None:
     for cp in range(sys.maxunicode + 1):
         once = normalize(chr(cp))
@@ -379,6 +380,7 @@ def test_sizing_rule_stays_under_32_bytes_a_name_at_two_million() -> None:
     assert screening._buckets_for(names) * 64 / names <= 32
 
 
+@pytest.mark.slow
 def test_built_table_uses_at_most_32_bytes_a_name_measured() -> None:
     names = [f"Passenger {i}" for i in range(50_000)]
     tracemalloc.start()

@@ -41,6 +41,8 @@ from noflylist.service import LOADS
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 from tests.test_faults import FaultyKMS
 
+pytestmark = pytest.mark.slow  # each test runs the whole service and scans its memory or logs
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Listed names in the memory scan; enough that a leak of "some" names would show.
 SCANNED_NAMES = 100

@@ -652,6 +652,7 @@ def _timed_get(port: int) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_slow_clients_are_cut_off_at_the_request_deadline_while_others_are_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -681,6 +682,7 @@ def test_slow_clients_are_cut_off_at_the_request_deadline_while_others_are_serve
         assert rig.metrics.events("noflylist_http_connections_closed_total", "closed_slow") == 50
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed_after_the_idle_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

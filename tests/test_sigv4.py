@@ -289,6 +289,7 @@ non_s3_paths = st.lists(
     lambda p: p + "x" if p[-1].isspace() else p)  # sign() refuses a URL ending in a space
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(method=st.sampled_from(METHODS),
        endpoint=endpoints(["example.amazonaws.com", "KMS.eu-west-1.amazonaws.com", "127.0.0.1",
@@ -324,6 +325,7 @@ s3_paths = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(method=st.sampled_from(METHODS),
        endpoint=endpoints(["s3.amazonaws.com", "s3.eu-west-1.amazonaws.com", "127.0.0.1"]),

@@ -13,6 +13,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${NSM_QEMU_CACHE:-/var/cache/noflylist-nsm-qemu}
+# The interpreter whose packages (pytest, cbor2, cryptography) the guest gets: the one ./test makes.
+HOST_PYTHON=$ROOT/.venv/bin/python
 # The guest boots and runs the tests in under a minute, 2 on a busy machine; 5 means a hang.
 TIMEOUT=${NSM_QEMU_TIMEOUT:-300}
 # Debian suite with QEMU >= 9.2 (virtio-nsm-pci) sources, meson >= 1.5 and a kernel >= 6.8 (nsm).
@@ -157,15 +159,8 @@ copy_libraries() {
     done
 }
 
-# The directory of an installed Python package (or the file of a one-file module).
-host_module_path() {
-    python3 -c 'import importlib.util, sys
-spec = importlib.util.find_spec(sys.argv[1])
-print(spec.submodule_search_locations[0] if spec.submodule_search_locations else spec.origin)' "$1"
-}
-
 build_initramfs() {
-    local root=$1 out=$2 python stdlib mod path elf
+    local root=$1 out=$2 python stdlib elf
     ensure_packages busybox-static cpio python3.11-minimal libpython3.11-stdlib
     mkdir -p "$root"/{bin,lib,usr/bin,usr/lib,opt/site,project/tests/nsm_qemu,proc,sys,dev,tmp,root}
     cp /bin/busybox "$root/bin/busybox"
@@ -182,16 +177,15 @@ build_initramfs() {
         --exclude='usr/lib/python3.11/pydoc_data' --exclude='usr/lib/python3.11/distutils' \
         --exclude='usr/lib/python3.11/site-packages' --exclude='usr/lib/python3.11/dist-packages' \
         --exclude='usr/lib/python3.11/sitecustomize.py' "${stdlib#/}" | tar -C "$root" -xf -
-    # Test-side packages from the host's Python (installed by `pip install -e .[dev]`): their
-    # compiled parts need the guest's CPython 3.11; cryptography's wheel has its own OpenSSL.
-    python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
-        die "the host's python3 must be 3.11 like the guest's Debian python3.11"
-    for mod in pytest _pytest py pluggy iniconfig packaging pygments cbor2 cryptography cffi \
-        _cffi_backend; do
-        path=$(host_module_path "$mod") ||
-            die "python3 cannot import $mod: run pip install -e '.[dev]' first"
-        cp -r "$path" "$root/opt/site/"
-    done
+    # Test-side packages from the project's .venv (the locked versions ./test installs), whole
+    # distributions with their metadata (guest_packages.py says why): their compiled parts
+    # need the guest's CPython 3.11; cryptography's wheel has its own OpenSSL.
+    [ -x "$HOST_PYTHON" ] || die "$HOST_PYTHON is missing: run ./test first (it makes .venv)"
+    "$HOST_PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
+        die "$HOST_PYTHON must be 3.11 like the guest's Debian python3.11"
+    log "copying pytest, cbor2, cryptography and what they need from $HOST_PYTHON"
+    "$HOST_PYTHON" "$HERE/guest_packages.py" "$root/opt/site" pytest cbor2 cryptography >/dev/null ||
+        die "could not copy the guest's Python packages"
     cp -r "$ROOT/enclave" "$root/project/enclave"
     cp "$HERE/guest_tests.py" "$root/project/tests/nsm_qemu/"
     # Byte-compile with the guest's interpreter: compiling at import is slow under TCG.
