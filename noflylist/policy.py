@@ -7,25 +7,53 @@ again for a new image and putting it replaces the statements instead of adding t
 What the policy says, statement by statement:
 
 1. ``KeyAdministration``: the admin role manages the key (describe, enable, disable, tag,
-   rotate, schedule deletion, change this policy) but is given no cryptographic operation;
-2. ``EnclaveDecryptWithAttestedImage``: the enclave's instance role may ``kms:Decrypt`` only
+   rotate, schedule deletion, list and revoke grants), from an explicit list of actions
+   (:data:`ADMIN_ACTIONS`), with no wildcard, no cryptographic operation, no ``CreateGrant``;
+2. ``PutKeyPolicyHolderIsTrustedWithWhoMayDecrypt`` (left out when ``frozen``): the admin role
+   may replace this policy. That is the trust that remains: whoever may ``PutKeyPolicy`` can
+   write a policy that lets anyone decrypt, so the Sid says so;
+3. ``EnclaveDecryptWithAttestedImage``: the enclave's instance role may ``kms:Decrypt`` only
    with a signed attestation document whose PCRs equal the given measurements
    (``kms:RecipientAttestation:PCR<n>``, AWS KMS Developer Guide, "Condition keys for Nitro
    Enclaves"); several values for one PCR mean any of them (rolling deploys);
-3. ``DenyEnclaveDecryptWithoutAttestation``: an explicit Deny for the enclave role when the
+4. ``DenyEnclaveDecryptWithoutAttestation``: an explicit Deny for the enclave role when the
    request carries no attestation (``kms:RecipientAttestation:ImageSha384`` is absent), so the
    instance role's credentials alone, stolen from the parent instance, decrypt nothing;
-4. ``OperatorSeal`` (optional): the operator role may ``kms:GenerateDataKey`` and
+5. ``OperatorSeal`` (optional): the operator role may ``kms:GenerateDataKey`` and
    ``kms:Encrypt``, which ``noflylist seal`` needs, and nothing else;
-5. ``DenyDecryptToAdministrationAndOperator``: an explicit Deny of ``kms:Decrypt`` for the
-   admin and operator roles, so "they cannot decrypt" is written down, not merely implied.
+6. ``DenyDecryptToAdministrationAndOperator``: an explicit Deny of ``kms:Decrypt`` for the
+   admin and operator roles, so "they cannot decrypt" is written down, not merely implied;
+7. ``DenyEveryoneGrantsReEncryptAndReplicasSoOnlyThisPolicyDecides``: an explicit Deny, to
+   every principal (``{"AWS": "*"}``), of the three ways around statements 3 and 4
+   (:data:`DENIED_TO_EVERYONE`): a grant (``kms:CreateGrant``) lets its grantee decrypt with
+   no condition at all, ``kms:ReEncryptFrom`` decrypts inside KMS and hands the plaintext's
+   new ciphertext to a key of the caller's choosing, and a replica (``kms:ReplicateKey``, for
+   a multi-Region key) shares the key material under a policy its creator writes. "No
+   principal has any permissions to a KMS key unless that permission is provided explicitly
+   and never denied" (AWS KMS Developer Guide, "KMS key access and permissions"), so this
+   Deny also overrides any grant that is already on the key or that a later edit allows.
+   There is no ``kms:GrantIsForAWSResource`` exception: no AWS service uses this key.
+
+AWS's own key-administrator statement ("Allows key administrators to administer the KMS
+key") gives ``kms:Create*``, which includes ``kms:CreateGrant``, and warns that "key
+administrators have permission to change the key policy and create grants, [so] they can
+give themselves and others AWS KMS permissions not specified in this policy". With it, the
+explicit Deny of statement 6 covers only the admin and operator: the admin could grant
+``Decrypt`` to any other principal with no attestation. Statements 1 and 7 close that.
+
+``frozen=True`` leaves ``kms:PutKeyPolicy`` out entirely: nobody may ever change the policy
+(there is no account-principal statement to fall back on). KMS's lockout safety check refuses
+such a policy unless the request sets ``BypassPolicyLockoutSafetyCheck`` (AWS KMS API
+Reference, PutKeyPolicy and CreateKey: without it, "the key policy must allow the principal
+that is making the PutKeyPolicy request to make a subsequent PutKeyPolicy request"). A new
+image then needs a new key and a resealed list. ``docs/deploy.md`` says how to apply it.
 
 Deliberately absent: the usual statement that delegates to the account's IAM policies
-(``arn:aws:iam::ACCOUNT:root``), so no IAM policy can widen this one; ``Principal: "*"``; and
-``kms:ReEncrypt*``/``kms:CreateGrant`` for anyone but the admin (``kms:Create*`` lets the admin
-create grants; it may also rewrite this policy, so it is trusted with the key's future either
-way, and CloudTrail records both). ``Resource`` is ``"*"`` because a key policy applies only
-to its own key.
+(``arn:aws:iam::ACCOUNT:root``), so no IAM policy can widen this one; ``Principal: "*"`` in
+any Allow; and the alias actions (``CreateAlias``, ``UpdateAlias``, ``DeleteAlias``): the
+image pins the key's ARN, so aliases serve nothing, and moving one is a way to make the
+operator seal to another key. ``Resource`` is ``"*"`` because a key policy applies only to
+its own key.
 """
 
 from __future__ import annotations
@@ -57,23 +85,47 @@ MAX_DESCRIBE_EIF_BYTES = 1024 * 1024
 #: Untrusted or mistyped values quoted back in errors are cut to this many characters.
 _PREVIEW_CHARS = 80
 
-#: Everything that manages the key and nothing that uses it (AWS's "key administrators").
+#: Everything that manages the key and nothing that uses it or widens who may, each action
+#: named (no wildcard picks up actions KMS adds later). Decided one by one from AWS's list
+#: (AWS KMS Developer Guide, "AWS KMS permissions"); what is left out, and why:
+#: ``CreateGrant`` (a grant decrypts without attestation), ``ReEncrypt*`` (decrypts inside KMS
+#: into a key of the caller's choosing), ``Decrypt``/``Encrypt``/``GenerateDataKey*`` (the
+#: admin uses no data), ``*Alias`` (see the module docstring), ``ReplicateKey`` and
+#: ``UpdatePrimaryRegion`` (multi-Region keys only; a replica takes a policy of its creator's
+#: choosing), ``ImportKeyMaterial``/``GetParametersForImport``/``DeleteImportedKeyMaterial``
+#: (keys without AWS-made material only), and ``PutKeyPolicy``, which is its own statement so
+#: that its Sid can say what it trusts and ``frozen`` can leave it out.
 ADMIN_ACTIONS = (
-    "kms:Create*",
-    "kms:Describe*",
-    "kms:Enable*",
-    "kms:List*",
-    "kms:Put*",
-    "kms:Update*",
-    "kms:Revoke*",
-    "kms:Disable*",
-    "kms:Get*",
-    "kms:Delete*",
-    "kms:TagResource",
-    "kms:UntagResource",
-    "kms:ScheduleKeyDeletion",
+    "kms:DescribeKey",  # read-only: the key's metadata and state
+    "kms:GetKeyPolicy",  # read-only: auditors and the admin check what is in force
+    "kms:ListKeyPolicies",  # read-only: the policy's name ("default")
+    "kms:ListResourceTags",  # read-only
+    "kms:ListGrants",  # read-only: find grants made before this policy...
+    "kms:RevokeGrant",  # ...and revoke them; revoking only narrows who may use the key
+    "kms:EnableKey",  # availability only: a disabled key decrypts nothing for anyone
+    "kms:DisableKey",  # the kill switch: stop every decryption at once
+    "kms:EnableKeyRotation",  # rotation keeps old material for old ciphertexts, same ARN;
+    "kms:DisableKeyRotation",  # nobody gains access to anything by it
+    "kms:GetKeyRotationStatus",
+    "kms:ListKeyRotations",
+    "kms:RotateKeyOnDemand",
+    "kms:UpdateKeyDescription",  # a label
+    "kms:TagResource",  # tags decide access only through conditions on them, and this
+    "kms:UntagResource",  # policy has none and lets no IAM policy allow anything
+    "kms:ScheduleKeyDeletion",  # destroys, never discloses (7 to 30 days' notice, logged)
     "kms:CancelKeyDeletion",
 )
+#: Replacing the key policy: left out entirely when the policy is frozen.
+PUT_KEY_POLICY = "kms:PutKeyPolicy"
+#: Denied to every principal: each is a way to use the key that statements 3 and 4 do not see.
+DENIED_TO_EVERYONE = ("kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey")
+#: The Sid of the one statement that allows ``kms:PutKeyPolicy``: it names the trust it gives.
+POLICY_CHANGE_SID = "PutKeyPolicyHolderIsTrustedWithWhoMayDecrypt"
+#: The Sid of the Deny of :data:`DENIED_TO_EVERYONE`: it names what the Deny is for.
+NO_BYPASS_SID = "DenyEveryoneGrantsReEncryptAndReplicasSoOnlyThisPolicyDecides"
+#: ``Id`` of the policy; the frozen one says so, for whoever reads ``get-key-policy``.
+POLICY_ID = "noflylist-key-policy"
+FROZEN_POLICY_ID = "noflylist-key-policy-frozen-no-PutKeyPolicy"
 #: What ``noflylist seal`` calls: a fresh data key, or a small secret encrypted directly.
 OPERATOR_ACTIONS = ("kms:GenerateDataKey", "kms:Encrypt")
 #: The only operation the enclave performs with the key.
@@ -116,12 +168,15 @@ def key_policy(
     enclave_role: str,
     pcrs: Mapping[int, Sequence[bytes]],
     operator_role: str | None = None,
+    frozen: bool = False,
 ) -> dict[str, object]:
     """Return the key policy (a JSON-ready dict) described in the module docstring.
 
     ``pcrs`` maps a PCR index to the measurements accepted for it (any one of them); PCR0 is
     required. All roles must be IAM role ARNs in ``account``; the enclave role must differ
-    from the others, since they may not decrypt and it may. Errors name the command-line flag.
+    from the others, since they may not decrypt and it may. ``frozen`` leaves
+    ``kms:PutKeyPolicy`` out, so that nobody can ever change the policy (KMS then takes it
+    only with ``BypassPolicyLockoutSafetyCheck``). Errors name the command-line flag.
     """
     _check_account(account)
     admin = _check_role(admin_role, "--admin-role", account)
@@ -136,7 +191,11 @@ def key_policy(
         )
     measurements = _condition_values(pcrs)
     statements: list[dict[str, object]] = [
-        _statement("KeyAdministration", "Allow", [admin], list(ADMIN_ACTIONS)),
+        _statement("KeyAdministration", "Allow", [admin], list(ADMIN_ACTIONS))
+    ]
+    if not frozen:
+        statements.append(_statement(POLICY_CHANGE_SID, "Allow", [admin], PUT_KEY_POLICY))
+    statements += [
         _statement(
             "EnclaveDecryptWithAttestedImage",
             "Allow",
@@ -158,9 +217,10 @@ def key_policy(
     statements.append(
         _statement("DenyDecryptToAdministrationAndOperator", "Deny", no_decrypt, DECRYPT)
     )
+    statements.append(_statement(NO_BYPASS_SID, "Deny", ["*"], list(DENIED_TO_EVERYONE)))
     policy: dict[str, object] = {
         "Version": "2012-10-17",
-        "Id": "noflylist-key-policy",
+        "Id": FROZEN_POLICY_ID if frozen else POLICY_ID,
         "Statement": statements,
     }
     size = len(json.dumps(policy).encode())

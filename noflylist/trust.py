@@ -6,7 +6,7 @@
   for a document bound to a fresh random nonce, verifies it (AWS root, nonce, expected PCRs),
   and only then asks about the passenger. If verification fails, no name is ever sent;
 * ``noflylist policy``: print the KMS key policy (:mod:`noflylist.policy`) that lets only the
-  measured enclave image decrypt the list.
+  measured enclave image decrypt the list; with ``--frozen``, one that nobody can change.
 
 What ``check`` proves, and what it does not: the document proves which code (PCRs) is running
 behind ``URL`` right now (the nonce) and which list it serves (``user_data``). The answer to the
@@ -324,6 +324,12 @@ def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "Statement ids are fixed, so putting a regenerated policy replaces the old one.",
     )
     parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="leave kms:PutKeyPolicy out: nobody can ever change the policy (a new image needs "
+        "a new key and a resealed list); put it with --bypass-policy-lockout-safety-check",
+    )
+    parser.add_argument(
         "--pcr",
         metavar="N=HEX",
         action="append",
@@ -357,6 +363,7 @@ def _policy(args: argparse.Namespace) -> int:
         enclave_role=args.enclave_role,
         operator_role=args.operator_role,
         pcrs=pcrs,
+        frozen=args.frozen,
     )
     print(json.dumps(document, indent=2))
     return 0

@@ -1,6 +1,7 @@
 """The simulator's local KMS speaks KMS's protocol: botocore (AWS's own client) and our
 KMSClient both use it; bad signatures are refused with KMS's codes; the encryption context
-is bound to each blob; state survives a restart; key policies are evaluated as IAM does.
+is bound to each blob; state survives a restart; key policies are evaluated as IAM does;
+grants let their grantee in, but never past an explicit Deny.
 
 Recipient (attested) calls are proven in tests/test_attested_flow.py.
 """
@@ -149,6 +150,8 @@ def test_botocore_client_runs_every_action(kms: LocalKMS, session_token: bool) -
     meta = client.create_key(Description="list key")["KeyMetadata"]
     assert meta["Arn"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{meta['KeyId']}"
     assert meta["KeySpec"] == "SYMMETRIC_DEFAULT" and meta["Enabled"] is True
+    described = client.describe_key(KeyId=meta["Arn"])["KeyMetadata"]
+    assert described["KeyId"] == meta["KeyId"] and described["KeyState"] == "Enabled"
     client.create_alias(AliasName="alias/list", TargetKeyId=meta["KeyId"])
 
     data_key = client.generate_data_key(KeyId="alias/list", KeySpec="AES_256")
@@ -494,6 +497,135 @@ def test_malformed_or_self_locking_policies_are_refused(kms: LocalKMS) -> None:
     assert code_of(lambda: client.get_key_policy(KeyId=arn, PolicyName="default")) == (
         "AccessDeniedException"
     )
+
+
+# -- grants -------------------------------------------------------------------------------------
+
+CAROL = f"arn:aws:iam::{ACCOUNT}:user/carol"
+
+
+def grant(client: Any, key_arn: str, grantee: str, *operations: str, **extra: Any) -> str:
+    answer = client.create_grant(KeyId=key_arn, GranteePrincipal=grantee,
+                                 Operations=list(operations), **extra)  # fmt: skip
+    assert answer["GrantToken"] and len(answer["GrantId"]) == 64
+    return str(answer["GrantId"])
+
+
+def test_a_grant_lets_its_grantee_call_its_operations_and_nothing_else(kms: LocalKMS) -> None:
+    alice = boto(kms, kms.create_credentials(ALICE))
+    bob = boto(kms, kms.create_credentials(BOB))
+    arn = kms.create_key(ALICE)
+    blob = alice.encrypt(KeyId=arn, Plaintext=b"list key")["CiphertextBlob"]
+    assert code_of(lambda: bob.decrypt(CiphertextBlob=blob)) == "AccessDeniedException"
+    grant_id = grant(alice, arn, BOB, "Decrypt", "DescribeKey")
+    assert bob.decrypt(CiphertextBlob=blob)["Plaintext"] == b"list key"
+    assert bob.describe_key(KeyId=arn)["KeyMetadata"]["Arn"] == arn
+    assert code_of(lambda: bob.encrypt(KeyId=arn, Plaintext=b"x")) == "AccessDeniedException"
+    assert code_of(lambda: bob.list_grants(KeyId=arn)) == "AccessDeniedException"  # policy only
+    carol = boto(kms, kms.create_credentials(CAROL))
+    assert code_of(lambda: carol.decrypt(CiphertextBlob=blob)) == "AccessDeniedException"
+    (entry,) = alice.list_grants(KeyId=arn)["Grants"]
+    assert entry["GrantId"] == grant_id and entry["KeyId"] == arn
+    assert entry["GranteePrincipal"] == BOB and entry["Operations"] == ["Decrypt", "DescribeKey"]
+    assert entry["IssuingAccount"] == f"arn:aws:iam::{ACCOUNT}:root"
+    alice.revoke_grant(KeyId=arn, GrantId=grant_id)
+    assert code_of(lambda: bob.decrypt(CiphertextBlob=blob)) == "AccessDeniedException"
+    assert code_of(lambda: alice.revoke_grant(KeyId=arn, GrantId=grant_id)) == "NotFoundException"
+
+
+def test_an_explicit_deny_in_the_key_policy_beats_a_grant(kms: LocalKMS) -> None:
+    alice = boto(kms, kms.create_credentials(ALICE))
+    bob = boto(kms, kms.create_credentials(BOB))
+    deny_bob = statement("Deny", "kms:Decrypt", {"AWS": BOB})
+    document = {"Version": "2012-10-17", "Statement": [statement("Allow"), deny_bob]}
+    arn = kms.create_key(ALICE, policy_document=json.dumps(document))
+    blob = alice.encrypt(KeyId=arn, Plaintext=b"list key")["CiphertextBlob"]
+    grant(alice, arn, BOB, "Decrypt", "Encrypt")
+    assert bob.encrypt(KeyId=arn, Plaintext=b"x")["KeyId"] == arn  # the grant is in force...
+    with pytest.raises(ClientError) as denied:  # ...but not past the Deny
+        bob.decrypt(CiphertextBlob=blob)
+    assert "explicit deny" in denied.value.response["Error"]["Message"]
+
+
+def test_a_grant_made_through_a_grant_may_list_only_the_parent_grants_operations(
+    kms: LocalKMS,
+) -> None:
+    """AWS KMS Developer Guide, "Granting CreateGrant permission"."""
+    alice = boto(kms, kms.create_credentials(ALICE))
+    bob = boto(kms, kms.create_credentials(BOB))
+    carol = boto(kms, kms.create_credentials(CAROL))
+    arn = kms.create_key(ALICE)
+    blob = alice.encrypt(KeyId=arn, Plaintext=b"list key")["CiphertextBlob"]
+    grant(alice, arn, BOB, "Decrypt", "CreateGrant")
+    for wider in (["Encrypt"], ["Decrypt", "Encrypt"]):
+        assert code_of(lambda w=wider: grant(bob, arn, CAROL, *w)) == "AccessDeniedException"
+    grant(bob, arn, CAROL, "Decrypt")
+    assert carol.decrypt(CiphertextBlob=blob)["Plaintext"] == b"list key"
+    assert code_of(lambda: grant(carol, arn, BOB, "Decrypt")) == "AccessDeniedException"
+
+
+def test_the_consoles_grant_for_aws_resource_statement_lets_no_person_create_grants(
+    kms: LocalKMS,
+) -> None:
+    """AWS's "Allow attachment of persistent resources" statement allows CreateGrant only
+    with kms:GrantIsForAWSResource true, i.e. from an AWS service; a direct call has it false."""
+    alice = boto(kms, kms.create_credentials(ALICE))
+    bob = boto(kms, kms.create_credentials(BOB))
+    grants = ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"]
+    for_aws = statement("Allow", grants, {"AWS": BOB},
+                        {"Bool": {"kms:GrantIsForAWSResource": True}})  # fmt: skip
+    document = {"Version": "2012-10-17", "Statement": [statement("Allow"), for_aws]}
+    arn = kms.create_key(ALICE, policy_document=json.dumps(document))
+    assert code_of(lambda: grant(bob, arn, BOB, "Decrypt")) == "AccessDeniedException"
+    assert code_of(lambda: bob.list_grants(KeyId=arn)) == "AccessDeniedException"
+    without_condition = statement("Allow", grants, {"AWS": BOB})
+    unconditional = {**document, "Statement": [statement("Allow"), without_condition]}
+    alice.put_key_policy(KeyId=arn, PolicyName="default", Policy=json.dumps(unconditional))
+    assert grant(bob, arn, BOB, "Decrypt")  # the condition was what refused it
+    assert len(bob.list_grants(KeyId=arn)["Grants"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"Constraints": {"EncryptionContextSubset": {"a": "b"}}}, "ValidationException"),
+        ({"Operations": ["Sign"]}, "ValidationException"),
+        ({"Operations": []}, "ValidationException"),
+        ({"Operations": "Decrypt"}, "ValidationException"),
+        ({"GranteePrincipal": "not a principal"}, "ValidationException"),
+        ({"GranteePrincipal": "x" * 257}, "ValidationException"),
+        ({"Name": "no spaces"}, "ValidationException"),
+        ({"DryRun": True}, "DryRunOperationException"),
+    ],
+    ids=["constraints", "asymmetric-op", "no-ops", "ops-not-a-list", "bad-principal",
+         "long-principal", "bad-name", "dry-run"],
+)  # fmt: skip
+def test_grant_requests_the_local_kms_does_not_honour_are_refused_and_create_nothing(
+    kms: LocalKMS, extra: dict[str, Any], code: str
+) -> None:
+    """Constraints are refused, not ignored: ignoring one would make the grant wider."""
+    credentials = kms.create_credentials(ALICE)
+    arn = kms.create_key(ALICE)
+    asked = {"KeyId": arn, "GranteePrincipal": BOB, "Operations": ["Decrypt"], **extra}
+    assert error(raw(kms, credentials, "CreateGrant", asked)) == code
+    assert boto(kms, credentials).list_grants(KeyId=arn)["Grants"] == []
+
+
+def test_grants_survive_a_restart(tmp_path: Path, ca: SimulatedCA) -> None:
+    state = tmp_path / "state"
+    with LocalKMS(state, simulator_root=ca.root) as first:
+        alice = first.create_credentials(ALICE)
+        bob = first.create_credentials(BOB)
+        arn = first.create_key(ALICE)
+        blob = boto(first, alice).encrypt(KeyId=arn, Plaintext=b"kept")["CiphertextBlob"]
+        grant_id = grant(boto(first, alice), arn, BOB, "Decrypt")
+    with LocalKMS(state, simulator_root=ca.root) as second:
+        assert boto(second, bob).decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+        boto(second, alice).revoke_grant(KeyId=arn, GrantId=grant_id)
+    with LocalKMS(state, simulator_root=ca.root) as third:
+        assert code_of(lambda: boto(third, bob).decrypt(CiphertextBlob=blob)) == (
+            "AccessDeniedException"
+        )
 
 
 # -- key policy evaluation ----------------------------------------------------------------------

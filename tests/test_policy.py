@@ -29,13 +29,24 @@ ACCOUNT = "111122223333"
 ADMIN = f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin"
 ENCLAVE = f"arn:aws:iam::{ACCOUNT}:role/enclave/ScreeningInstance"
 OPERATOR = f"arn:aws:iam::{ACCOUNT}:role/ListOperator"
+STRANGER = "arn:aws:iam::444455556666:role/AnyoneTheAdminLikes"
 SIDS = [
     "KeyAdministration",
+    "PutKeyPolicyHolderIsTrustedWithWhoMayDecrypt",
     "EnclaveDecryptWithAttestedImage",
     "DenyEnclaveDecryptWithoutAttestation",
     "OperatorSeal",
     "DenyDecryptToAdministrationAndOperator",
+    "DenyEveryoneGrantsReEncryptAndReplicasSoOnlyThisPolicyDecides",
 ]
+#: The key-administrator actions of AWS's console policy (AWS KMS Developer Guide, "Default
+#: key policy", "Allows key administrators to administer the KMS key"), which this policy
+#: used before: ``kms:Create*`` includes ``kms:CreateGrant``.
+AWS_CONSOLE_ADMIN_ACTIONS = [
+    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+    "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+]  # fmt: skip
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -84,7 +95,7 @@ def allows(document: dict[str, object], principal: str, action: str) -> bool:
     )
 
 
-def three_role_policy(pcr0: bytes) -> dict[str, object]:
+def three_role_policy(pcr0: bytes, *, frozen: bool = False) -> dict[str, object]:
     """The key policy for the admin, enclave and operator roles, pinning one PCR0."""
     return policy.key_policy(
         account=ACCOUNT,
@@ -92,7 +103,21 @@ def three_role_policy(pcr0: bytes) -> dict[str, object]:
         enclave_role=ENCLAVE,
         operator_role=OPERATOR,
         pcrs={0: [pcr0]},
+        frozen=frozen,
     )
+
+
+def console_admin_policy(pcr0: bytes) -> dict[str, object]:
+    """The policy as it was generated before: the admin had AWS's console actions
+    (``kms:Create*``) and nothing denied grants to everyone."""
+    document = three_role_policy(pcr0)
+    kept = []
+    for statement in document["Statement"]:  # type: ignore[attr-defined]
+        if statement["Sid"] == "KeyAdministration":
+            statement = {**statement, "Action": AWS_CONSOLE_ADMIN_ACTIONS}
+        if statement["Sid"] != policy.NO_BYPASS_SID:
+            kept.append(statement)
+    return {**document, "Statement": kept}
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -147,12 +172,17 @@ def test_pcr8_adds_a_second_condition_key_that_must_also_match(capsys):
     }
 
 
-def test_no_statement_names_a_wildcard_principal_and_all_resources_are_the_key_itself():
+def test_only_the_deny_to_everyone_names_a_wildcard_principal_and_resources_are_the_key():
+    """Behaviour changed on request: the Deny of grants names every principal ("*"); no
+    Allow does, and no other statement."""
     document = three_role_policy(bytes.fromhex(PCR0_NEW))
     for statement in statements(document).values():
-        assert all("*" not in arn for arn in principals(statement)), statement["Sid"]
+        if statement["Sid"] != policy.NO_BYPASS_SID:
+            assert all("*" not in arn for arn in principals(statement)), statement["Sid"]
         assert statement["Resource"] == "*"
-    assert '"*"' not in json.dumps([s["Principal"] for s in statements(document).values()])
+    wildcards = [s for s in statements(document).values() if "*" in principals(s)]
+    assert [(s["Sid"], s["Effect"]) for s in wildcards] == [(policy.NO_BYPASS_SID, "Deny")]
+    assert wildcards[0]["Principal"] == {"AWS": "*"}
     assert ":root" not in json.dumps(document)  # no delegation to the account's IAM policies
 
 
@@ -182,6 +212,83 @@ def test_without_operator_role_there_is_no_seal_statement_and_the_sids_keep_thei
     )
     assert list(statements(document)) == [sid for sid in SIDS if sid != "OperatorSeal"]
     assert principals(statements(document)["DenyDecryptToAdministrationAndOperator"]) == [ADMIN]
+
+
+#: The admin's actions, each named (AWS KMS Developer Guide, "AWS KMS permissions").
+EXPECTED_ADMIN_ACTIONS = [
+    "kms:DescribeKey", "kms:GetKeyPolicy", "kms:ListKeyPolicies", "kms:ListResourceTags",
+    "kms:ListGrants", "kms:RevokeGrant", "kms:EnableKey", "kms:DisableKey",
+    "kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:GetKeyRotationStatus",
+    "kms:ListKeyRotations", "kms:RotateKeyOnDemand", "kms:UpdateKeyDescription",
+    "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+]  # fmt: skip
+#: What AWS's console list gave the admin and this one does not.
+NOT_FOR_THE_ADMIN = [
+    "kms:CreateGrant", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:Decrypt", "kms:Encrypt",
+    "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair",
+    "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias", "kms:ReplicateKey",
+    "kms:UpdatePrimaryRegion", "kms:ImportKeyMaterial", "kms:DeleteImportedKeyMaterial",
+    "kms:GetParametersForImport", "kms:CreateWhateverKMSAddsNext",
+]  # fmt: skip
+
+
+def test_admin_actions_are_named_one_by_one_with_no_wildcard_grant_or_cryptography():
+    """Behaviour changed on request: no kms:Create* (it includes kms:CreateGrant) or any
+    other wildcard, which would also allow actions KMS adds later."""
+    by_sid = statements(three_role_policy(bytes.fromhex(PCR0_NEW)))
+    assert actions(by_sid["KeyAdministration"]) == EXPECTED_ADMIN_ACTIONS
+    assert principals(by_sid["KeyAdministration"]) == [ADMIN]
+    allow_actions = [a for s in by_sid.values() if s["Effect"] == "Allow" for a in actions(s)]
+    assert not any("*" in a or "?" in a for a in allow_actions)
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
+    console = console_admin_policy(bytes.fromhex(PCR0_NEW))
+    for action in NOT_FOR_THE_ADMIN:
+        assert not allows(document, ADMIN, action), action
+    for action in ("kms:CreateGrant", "kms:CreateAlias", "kms:CreateWhateverKMSAddsNext"):
+        assert allows(console, ADMIN, action), action  # the old list did allow these
+
+
+@pytest.mark.parametrize("role", [ADMIN, ENCLAVE, OPERATOR, STRANGER])
+@pytest.mark.parametrize(
+    "action", ["kms:CreateGrant", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:ReplicateKey"]
+)
+def test_grants_reencrypt_and_replicas_are_allowed_to_nobody_and_denied_to_everyone(role, action):
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
+    assert not allows(document, role, action)
+    deny = statements(document)[policy.NO_BYPASS_SID]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"}
+    assert actions(deny) == ["kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey"]
+    assert "Condition" not in deny  # no kms:GrantIsForAWSResource exception either
+    assert any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions(deny))
+
+
+def test_only_one_statement_allows_put_key_policy_and_its_sid_names_the_trust_it_gives():
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
+    granting = [s for s in statements(document).values()
+                if s["Effect"] == "Allow" and "kms:PutKeyPolicy" in actions(s)]  # fmt: skip
+    assert len(granting) == 1
+    assert granting[0]["Sid"] == "PutKeyPolicyHolderIsTrustedWithWhoMayDecrypt"
+    assert granting[0]["Action"] == "kms:PutKeyPolicy" and principals(granting[0]) == [ADMIN]
+    assert document["Id"] == "noflylist-key-policy"
+
+
+def test_frozen_policy_leaves_put_key_policy_out_entirely_and_keeps_everything_else():
+    document = three_role_policy(bytes.fromhex(PCR0_NEW))
+    frozen = three_role_policy(bytes.fromhex(PCR0_NEW), frozen=True)
+    assert "PutKeyPolicy" not in json.dumps(frozen["Statement"])
+    assert not any(allows(frozen, role, "kms:PutKeyPolicy") for role in (ADMIN, OPERATOR, ENCLAVE))
+    assert list(statements(frozen)) == [sid for sid in SIDS if sid != policy.POLICY_CHANGE_SID]
+    kept = {sid: s for sid, s in statements(document).items() if sid != policy.POLICY_CHANGE_SID}
+    assert statements(frozen) == kept
+    assert frozen["Id"] == "noflylist-key-policy-frozen-no-PutKeyPolicy"
+
+
+def test_cli_frozen_flag_prints_the_frozen_policy(capsys):
+    status, out, err = run(base_args("--pcr", f"0={PCR0_NEW}", "--frozen"), capsys)
+    assert status == 0, err
+    assert json.loads(out) == three_role_policy(bytes.fromhex(PCR0_NEW), frozen=True)
+    status, out, _ = run(base_args("--pcr", f"0={PCR0_NEW}"), capsys)
+    assert status == 0 and json.loads(out) == three_role_policy(bytes.fromhex(PCR0_NEW))
 
 
 hex48 = st.binary(min_size=48, max_size=48).filter(any)
@@ -457,3 +564,169 @@ def test_explicit_denies_hold_even_when_a_later_edit_allows_everything(role, pcr
     assert evaluator.evaluate(
         allow_only, evaluator.Request("kms:Decrypt", role, key, context)
     ).allowed
+
+
+@pytest.mark.parametrize("role", [ADMIN, ENCLAVE, OPERATOR, STRANGER])
+@pytest.mark.parametrize("action", ["kms:CreateGrant", "kms:ReEncryptFrom", "kms:ReplicateKey"])
+def test_the_deny_to_everyone_holds_even_when_a_later_edit_allows_everything(role, action):
+    """Someone appends "allow kms:* to everyone": no grant, re-encryption or replica."""
+    evaluator = pytest.importorskip(
+        "enclave.simulator.policy", reason="the local KMS's policy evaluator is not here"
+    )
+    document = three_role_policy(GOOD_PCR0)
+    careless = {"Sid": "CarelessEdit", "Effect": "Allow", "Principal": "*", "Action": "kms:*",
+                "Resource": "*"}  # fmt: skip
+    widened = {**document, "Statement": [*document["Statement"], careless]}  # type: ignore[misc]
+    key = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/00000000-0000-4000-8000-000000000000"
+    asked = evaluator.Request(action, role, key, evaluator.condition_context(principal_arn=role))
+    decision = evaluator.evaluate(widened, asked)
+    assert not decision.allowed and decision.explicit_deny
+    assert policy.NO_BYPASS_SID in decision.reason
+    without_deny = {**widened, "Statement": [s for s in widened["Statement"]
+                                             if s["Sid"] != policy.NO_BYPASS_SID]}  # fmt: skip
+    assert evaluator.evaluate(without_deny, asked).allowed  # the widening is real
+
+
+# -- grants and frozen policies on the local KMS ------------------------------------------------
+
+
+def _boto(kms, role: str):  # type: ignore[no-untyped-def]
+    """botocore's own KMS client (an independent peer), signed as ``role``."""
+    import botocore.session
+    from botocore.config import Config
+
+    credentials = kms.create_credentials(role)
+    return botocore.session.get_session().create_client(
+        "kms",
+        region_name=kms.region,
+        endpoint_url=kms.url,
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def _refused(call) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """Run a botocore call that must fail; return KMS's error code and message."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as caught:
+        call()
+    error = caught.value.response["Error"]
+    return str(error["Code"]), str(error["Message"])
+
+
+def _grant_decrypt_to_stranger(kms, role: str, key_arn: str) -> str:  # type: ignore[no-untyped-def]
+    answer = _boto(kms, role).create_grant(
+        KeyId=key_arn, GranteePrincipal=STRANGER, Operations=["Decrypt"]
+    )
+    return str(answer["GrantId"])
+
+
+def test_old_console_admin_policy_lets_the_admin_grant_decrypt_to_anyone_without_attestation(
+    local_kms,
+):
+    """The attack the policy now closes: with kms:Create*, the admin grants Decrypt to a
+    principal the policy never names, who then decrypts with no attestation at all."""
+    from enclave.kms import KMSError
+
+    kms, _, _ = local_kms
+    key_arn = kms.create_key(ADMIN, policy_document=json.dumps(console_admin_policy(GOOD_PCR0)))
+    blob, plaintext = _sealed_data_key((kms, None, key_arn))
+    stranger = _client(kms, STRANGER)
+    with pytest.raises(KMSError) as before:
+        stranger.decrypt(blob, key_id=key_arn)
+    assert before.value.code == "AccessDeniedException"  # the key policy alone keeps it out
+    assert _grant_decrypt_to_stranger(kms, ADMIN, key_arn)
+    assert stranger.decrypt(blob, key_id=key_arn).plaintext == plaintext
+
+
+@pytest.mark.parametrize("role", [ADMIN, OPERATOR, ENCLAVE, STRANGER])
+def test_local_kms_refuses_every_grant_under_the_generated_policy(local_kms, role):
+    from enclave.kms import KMSError
+
+    kms, _, key_arn = local_kms
+    code, message = _refused(lambda: _grant_decrypt_to_stranger(kms, role, key_arn))
+    assert code == "AccessDeniedException"
+    assert "kms:CreateGrant" in message and "explicit deny" in message
+    assert _boto(kms, ADMIN).list_grants(KeyId=key_arn)["Grants"] == []
+    blob, _ = _sealed_data_key(local_kms)
+    with pytest.raises(KMSError) as caught:
+        _client(kms, STRANGER).decrypt(blob, key_id=key_arn)
+    assert caught.value.code == "AccessDeniedException"
+
+
+def test_a_grant_made_before_the_generated_policy_decrypts_until_the_admin_revokes_it(local_kms):
+    """Why docs/deploy.md says to list and revoke grants: a new policy leaves old grants."""
+    from enclave.kms import KMSError
+
+    kms, _, _ = local_kms
+    key_arn = kms.create_key(ADMIN, policy_document=json.dumps(console_admin_policy(GOOD_PCR0)))
+    grant_id = _grant_decrypt_to_stranger(kms, ADMIN, key_arn)
+    admin = _boto(kms, ADMIN)
+    admin.put_key_policy(KeyId=key_arn, PolicyName="default",
+                         Policy=json.dumps(three_role_policy(GOOD_PCR0)))  # fmt: skip
+    blob, plaintext = _sealed_data_key((kms, None, key_arn))
+    stranger = _client(kms, STRANGER)
+    assert stranger.decrypt(blob, key_id=key_arn).plaintext == plaintext
+    listed = admin.list_grants(KeyId=key_arn)["Grants"]
+    assert [(g["GrantId"], g["GranteePrincipal"], g["Operations"]) for g in listed] == [
+        (grant_id, STRANGER, ["Decrypt"])
+    ]
+    admin.revoke_grant(KeyId=key_arn, GrantId=grant_id)
+    assert admin.list_grants(KeyId=key_arn)["Grants"] == []
+    with pytest.raises(KMSError) as caught:
+        stranger.decrypt(blob, key_id=key_arn)
+    assert caught.value.code == "AccessDeniedException"
+
+
+def test_generated_policy_still_lets_the_admin_administer_the_key(local_kms):
+    kms, _, _ = local_kms
+    document = three_role_policy(GOOD_PCR0)
+    key_arn = kms.create_key(ADMIN, policy_document=json.dumps(document))
+    admin = _boto(kms, ADMIN)
+    assert admin.describe_key(KeyId=key_arn)["KeyMetadata"]["Arn"] == key_arn
+    got = admin.get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    assert json.loads(got) == document
+    admin.disable_key(KeyId=key_arn)
+    assert admin.describe_key(KeyId=key_arn)["KeyMetadata"]["KeyState"] == "Disabled"
+    admin.enable_key(KeyId=key_arn)
+    assert admin.describe_key(KeyId=key_arn)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert admin.list_grants(KeyId=key_arn)["Grants"] == []
+    new_image = json.dumps(three_role_policy(OTHER_PCR0))  # a release: the policy follows
+    admin.put_key_policy(KeyId=key_arn, PolicyName="default", Policy=new_image)
+    assert json.loads(admin.get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]) == (
+        json.loads(new_image)
+    )
+    code, _ = _refused(lambda: admin.create_alias(AliasName="alias/list", TargetKeyId=key_arn))
+    assert code == "AccessDeniedException"  # aliases are no longer the admin's
+
+
+def test_frozen_policy_needs_the_lockout_bypass_and_then_nobody_may_put_a_policy(local_kms):
+    kms, ca, _ = local_kms
+    admin = _boto(kms, ADMIN)
+    key_arn = admin.create_key(Description="noflylist list key")["KeyMetadata"]["Arn"]
+    frozen = json.dumps(three_role_policy(GOOD_PCR0, frozen=True))
+
+    def put(text: str, bypass: bool) -> object:
+        return admin.put_key_policy(KeyId=key_arn, PolicyName="default", Policy=text,
+                                    BypassPolicyLockoutSafetyCheck=bypass)  # fmt: skip
+
+    code, message = _refused(lambda: put(frozen, False))  # KMS's lockout safety check
+    assert code == "MalformedPolicyDocumentException"
+    assert "will not allow you to update the key policy" in message
+    put(frozen, True)
+    got = admin.get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    assert json.loads(got) == json.loads(frozen)
+    for role in (ADMIN, OPERATOR, ENCLAVE):
+        for bypass in (False, True):
+            code, message = _refused(
+                lambda r=role, b=bypass: _boto(kms, r).put_key_policy(
+                    KeyId=key_arn, PolicyName="default", BypassPolicyLockoutSafetyCheck=b,
+                    Policy=json.dumps(three_role_policy(OTHER_PCR0)))
+            )  # fmt: skip
+            assert code == "AccessDeniedException" and "kms:PutKeyPolicy" in message
+    admin.disable_key(KeyId=key_arn)  # the admin still administers...
+    admin.enable_key(KeyId=key_arn)
+    opened, plaintext = _attested_decrypt((kms, ca, key_arn), pcr0=GOOD_PCR0)
+    assert opened == plaintext  # ...and the pinned image still decrypts

@@ -1,14 +1,17 @@
 """The local KMS's actions, HTTP-free: what each call does to the state, and who may do it.
 
 Every call on a key is authorised by the key's policy (:mod:`enclave.simulator.policy`), with
-KMS's condition keys, ``kms:RecipientAttestation:*`` included. With a ``Recipient`` (its
-attestation document verified by :func:`~enclave.simulator.kms_request.recipient_field`), the
-answer is ``CiphertextForRecipient``, a CMS EnvelopedData for the document's public key, never
+KMS's condition keys, ``kms:RecipientAttestation:*`` included, then, if the policy neither
+allows nor explicitly denies it, by the key's grants (:mod:`enclave.simulator.kms_grants`).
+With a ``Recipient`` (its attestation document verified by
+:func:`~enclave.simulator.kms_request.recipient_field`), the answer is
+``CiphertextForRecipient``, a CMS EnvelopedData for the document's public key, never
 ``Plaintext`` (:func:`_secret`).
 
-Actions: CreateKey, EnableKey, DisableKey, CreateAlias, GetKeyPolicy, PutKeyPolicy, Encrypt,
-Decrypt, GenerateDataKey and GenerateRandom. Each takes the caller's principal ARN and the
-request's JSON object, and returns the answer's JSON object or raises
+Actions: CreateKey, DescribeKey, EnableKey, DisableKey, CreateAlias, GetKeyPolicy,
+PutKeyPolicy, CreateGrant, ListGrants, RevokeGrant, Encrypt, Decrypt, GenerateDataKey and
+GenerateRandom. Each takes the caller's principal ARN and the request's JSON object, and
+returns the answer's JSON object or raises
 :class:`~enclave.simulator.kms_errors.LocalKMSError` with KMS's error code.
 """
 
@@ -19,15 +22,16 @@ import json
 import logging
 import os
 import re
+import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from cryptography import x509
 
 from enclave.cms import AES256_KEY_BYTES
-from enclave.simulator import kms_blob, policy
+from enclave.simulator import kms_blob, kms_grants, policy
 from enclave.simulator.cms_writer import encode_enveloped_data
 from enclave.simulator.kms_errors import fault
 from enclave.simulator.kms_request import (
@@ -59,10 +63,12 @@ class Service:
         self._state = state
         self._root = root
         self.actions: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
-            "CreateKey": self.create_key,
+            "CreateKey": self.create_key, "DescribeKey": self._describe_key,
             "EnableKey": self._enable_key, "DisableKey": self._disable_key,
             "CreateAlias": self._create_alias, "GetKeyPolicy": self._get_key_policy,
-            "PutKeyPolicy": self.put_key_policy, "Encrypt": self._encrypt,
+            "PutKeyPolicy": self.put_key_policy, "CreateGrant": self._create_grant,
+            "ListGrants": self._list_grants, "RevokeGrant": self._revoke_grant,
+            "Encrypt": self._encrypt,
             "Decrypt": self._decrypt, "GenerateDataKey": self._generate_data_key,
             "GenerateRandom": self._generate_random,
         }  # fmt: skip
@@ -120,6 +126,55 @@ class Service:
     def _get_key_policy(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
         key = self._key(request, "kms:GetKeyPolicy", principal)
         return {"Policy": key.policy, "PolicyName": "default"}
+
+    def _describe_key(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
+        key = self._key(request, "kms:DescribeKey", principal, need_enabled=False)
+        return {"KeyMetadata": _metadata(key, self._state.account)}
+
+    # -- grants (enclave.simulator.kms_grants) --
+
+    def _create_grant(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A grant made through a grant may list only that grant's operations, so the grant
+        that allows this call must list the new grant's operations too."""
+        key = self._resolve(text_field(request, "KeyId") or "")
+        grant = kms_grants.new_grant(request, key.key_id)
+        self._authorized(key, "kms:CreateGrant", principal, None, None,
+                         grant_must_list=grant.operations, grant_call=True)  # fmt: skip
+        _dry_run(request)
+        with self._state.lock:
+            count = sum(g.key_id == key.key_id for g in self._state.grants.values())
+            if count >= kms_grants.MAX_GRANTS_PER_KEY:
+                raise fault(
+                    "LimitExceededException",
+                    f"{key.arn} has {count} grants, KMS's quota: revoke grants no longer used.",
+                )
+            self._state.grants[grant.grant_id] = grant
+            self._state.save()
+        _log.warning("local KMS: grant %s on %s lets %s call %s", grant.grant_id, key.arn,
+                     grant.grantee_principal, ", ".join(grant.operations))  # fmt: skip
+        return {"GrantId": grant.grant_id, "GrantToken": secrets.token_urlsafe(48)}
+
+    def _list_grants(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Every grant on the key in one page (``Truncated`` is always false)."""
+        key = self._key(request, "kms:ListGrants", principal, need_enabled=False,
+                        grant_call=True)  # fmt: skip
+        with self._state.lock:
+            grants = [g for g in self._state.grants.values() if g.key_id == key.key_id]
+        entries = [kms_grants.list_entry(g, key.arn, self._state.account) for g in grants]
+        return {"Grants": entries, "Truncated": False}
+
+    def _revoke_grant(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
+        key = self._key(request, "kms:RevokeGrant", principal, need_enabled=False,
+                        grant_call=True)  # fmt: skip
+        grant_id = text_field(request, "GrantId") or ""
+        _dry_run(request)
+        with self._state.lock:
+            grant = self._state.grants.get(grant_id)
+            if grant is None or grant.key_id != key.key_id:
+                raise fault("NotFoundException", f"Grant '{grant_id}' does not exist on {key.arn}")
+            del self._state.grants[grant_id]
+            self._state.save()
+        return {}
 
     def _enable_key(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
         return self._set_enabled(principal, request, "kms:EnableKey", enabled=True)
@@ -209,9 +264,12 @@ class Service:
         *,
         field_name: str = "KeyId",
         need_enabled: bool = True,
+        grant_call: bool = False,
     ) -> Key:
         key = self._resolve(text_field(request, field_name) or "")
-        return self._authorized(key, action, principal, context, recipient, need_enabled)
+        return self._authorized(
+            key, action, principal, context, recipient, need_enabled, grant_call=grant_call
+        )
 
     def _resolve(self, key_id: str) -> Key:
         """A key by id, key ARN, alias name or alias ARN, of this region and account only."""
@@ -235,14 +293,27 @@ class Service:
         context: Mapping[str, str] | None,
         recipient: Recipient | None,
         need_enabled: bool = True,
+        *,
+        grant_must_list: Collection[str] = (),
+        grant_call: bool = False,
     ) -> Key:
+        """The key policy decides; where it neither allows nor explicitly denies, a grant
+        that names ``principal`` and lists the operation (and ``grant_must_list``) allows."""
         conditions = policy.condition_context(
             principal_arn=principal,
             encryption_context=context,
             pcrs=None if recipient is None else recipient.pcrs,
+            grant_call=grant_call,
         )
         document = json.loads(key.policy)
         decision = policy.evaluate(document, policy.Request(action, principal, key.arn, conditions))
+        if not decision.allowed and not decision.explicit_deny:
+            with self._state.lock:
+                grants = list(self._state.grants.values())
+            wanted = [kms_grants.operation_of(action), *grant_must_list]
+            grant = kms_grants.find(grants, key.key_id, principal, wanted)
+            if grant is not None:
+                decision = policy.Decision(True, False, f"grant {grant.grant_id} allows")
         _log.info("local KMS: %s by %s on %s: %s", action, principal, key.arn, decision.reason)
         if not decision.allowed:
             why = (
@@ -274,6 +345,12 @@ def _default_policy(principal: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _dry_run(request: Mapping[str, Any]) -> None:
+    """``DryRun``: KMS answers a call that would have succeeded with this error."""
+    if request.get("DryRun") is True:
+        raise fault("DryRunOperationException", "The request would have succeeded.")
 
 
 def _metadata(key: Key, account: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 The local KMS is split by concern (:mod:`~enclave.simulator.kms_state`,
 :mod:`~enclave.simulator.kms_auth`, :mod:`~enclave.simulator.kms_blob`,
+:mod:`~enclave.simulator.kms_grants`,
 :mod:`~enclave.simulator.kms_actions`, :mod:`~enclave.simulator.kms_server`), but it is one
 component with one error type: the server turns an error with a ``code`` into KMS's HTTP 400
 answer, and one without into a 500 (unusable state). Callers import it from

@@ -8,7 +8,8 @@ own. It is faithful where the enclave's security depends on it, and small everyw
   (:mod:`~enclave.simulator.kms_auth`);
 * every call on a key is authorised by the key's policy (:mod:`enclave.simulator.policy`),
   with KMS's condition keys, ``kms:RecipientAttestation:*`` included
-  (:mod:`~enclave.simulator.kms_actions`);
+  (:mod:`~enclave.simulator.kms_actions`), and then by its grants, which never get past an
+  explicit Deny (:mod:`~enclave.simulator.kms_grants`);
 * a ``Recipient``'s attestation document is verified against the simulator's root, and the
   answer is ``CiphertextForRecipient``, a CMS EnvelopedData for the document's public key,
   never ``Plaintext`` (:mod:`~enclave.simulator.kms_request`);

@@ -1,4 +1,4 @@
-"""The local KMS's persisted state: keys, aliases and credentials in one 0600 JSON file.
+"""The local KMS's persisted state: keys, aliases, grants and credentials in one 0600 JSON file.
 
 Key material and credentials are kept IN CLEAR in the state folder (a file of mode 0600):
 this is a development tool that protects nothing. Never give it a real secret.
@@ -17,9 +17,9 @@ from pathlib import Path
 from enclave.simulator.files import write_atomically
 from enclave.simulator.kms_errors import LocalKMSError
 
-__all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Key", "State"]
+__all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Grant", "Key", "State"]
 
-#: The state file (keys, aliases, credentials); only its owner may read it.
+#: The state file (keys, aliases, grants, credentials); only its owner may read it.
 STATE_FILE = "kms-state.json"
 STATE_FILE_MODE = 0o600
 #: The state folder, created if missing: owner only, like the file.
@@ -41,6 +41,20 @@ class Key:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """A grant on the key ``key_id``: ``grantee_principal`` may call ``operations`` (KMS's
+    operation names, ``Decrypt``) on it (:mod:`~enclave.simulator.kms_grants`)."""
+
+    grant_id: str
+    key_id: str
+    grantee_principal: str
+    operations: tuple[str, ...]
+    retiring_principal: str | None
+    name: str
+    created: float
+
+
+@dataclass(frozen=True)
 class Credential:
     """A stored SigV4 secret (and session token, like an assumed role's) and whose it is."""
 
@@ -50,11 +64,12 @@ class Credential:
 
 
 class State:
-    """Keys, aliases and credentials in one JSON file, rewritten after every change.
+    """Keys, aliases, grants and credentials in one JSON file, rewritten after every change.
 
     The file is the simulator's own, trusted like its folder: it is checked for an owner-only
     mode, its format and its region and account, not field by field. Hold ``lock`` while
-    reading or changing ``keys``, ``aliases`` or ``credentials``.
+    reading or changing ``keys``, ``aliases``, ``grants`` or ``credentials``. A file
+    written before grants were modelled has no ``grants``: it loads with none.
     """
 
     def __init__(self, folder: Path, region: str, account: str) -> None:
@@ -63,6 +78,7 @@ class State:
         self.lock = threading.Lock()
         self.keys: dict[str, Key] = {}
         self.aliases: dict[str, str] = {}
+        self.grants: dict[str, Grant] = {}
         self.credentials: dict[str, Credential] = {}
         folder.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
         if self.path.exists():
@@ -81,6 +97,8 @@ class State:
                 material = base64.b64decode(k.pop("material"), validate=True)
                 self.keys[key_id] = Key(material=material, **k)
             self.aliases = dict(data["aliases"])
+            for grant_id, g in data.get("grants", {}).items():
+                self.grants[grant_id] = Grant(**g | {"operations": tuple(g["operations"])})
             self.credentials = {a: Credential(**c) for a, c in data["credentials"].items()}
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise LocalKMSError(
@@ -102,6 +120,7 @@ class State:
         data = {
             "format": _STATE_FORMAT, "region": self.region, "account": self.account,
             "keys": keys, "aliases": self.aliases,
+            "grants": {grant_id: asdict(g) for grant_id, g in self.grants.items()},
             "credentials": {a: asdict(c) for a, c in self.credentials.items()},
         }  # fmt: skip
         write_atomically(

@@ -1,12 +1,15 @@
 """KMS key-policy evaluation for the local KMS (development and tests only).
 
-A key policy is the one resource-based policy of a KMS key. With no IAM policies and no grants
-in the simulator, IAM's evaluation logic (IAM User Guide, "Policy evaluation logic") reduces to
-three steps, applied in :func:`evaluate`:
+A key policy is the one resource-based policy of a KMS key. With no IAM policies in the
+simulator, IAM's evaluation logic (IAM User Guide, "Policy evaluation logic") reduces to three
+steps, applied in :func:`evaluate`:
 
 1. a matching ``Deny`` statement denies, whatever else the policy says (explicit deny);
 2. otherwise a matching ``Allow`` statement allows;
 3. otherwise the request is denied (implicit deny).
+
+Grants are the key's other allow: where step 3 would deny, the actions look for a grant
+(:mod:`~enclave.simulator.kms_grants`), so an explicit Deny (step 1) wins over grants too.
 
 A statement matches when its ``Principal``, ``Action`` (or ``NotAction``), ``Resource`` and every
 ``Condition`` match the request. What this module does not understand (an operator, a condition
@@ -52,7 +55,8 @@ _EFFECTS = frozenset({"Allow", "Deny"})
 _PCR_KEY = re.compile(r"kms:recipientattestation:pcr(0|[1-9][0-9]?)")
 _CONTEXT_PREFIX = "kms:encryptioncontext:"
 _IMAGE_KEY = "kms:recipientattestation:imagesha384"
-_PLAIN_KEYS = frozenset({"aws:principalarn", "aws:securetransport"})
+_GRANT_FOR_AWS_KEY = "kms:grantisforawsresource"
+_PLAIN_KEYS = frozenset({"aws:principalarn", "aws:securetransport", _GRANT_FOR_AWS_KEY})
 #: Operators that compare strings, with whether they ignore case and whether they negate.
 _STRING_OPERATORS = {
     "StringEquals": (False, False),
@@ -91,6 +95,7 @@ def condition_context(
     principal_arn: str,
     encryption_context: Mapping[str, str] | None = None,
     pcrs: Mapping[int, bytes] | None = None,
+    grant_call: bool = False,
 ) -> dict[str, tuple[str, ...]]:
     """The condition keys of one request, names lower-cased, each with its value(s).
 
@@ -99,11 +104,16 @@ def condition_context(
     condition can require attestation. Encryption context keys that differ only in case
     yield a key with several values, which string operators refuse to compare (fail closed).
     The simulator speaks plain HTTP on loopback, so ``aws:SecureTransport`` is ``false``.
+    ``grant_call`` marks CreateGrant, ListGrants and RevokeGrant, which carry
+    ``kms:GrantIsForAWSResource``: ``false``, since no AWS service calls the simulator, so
+    AWS's "Allow attachment of persistent resources" statement never lets a person call them.
     """
     context: dict[str, tuple[str, ...]] = {
         "aws:principalarn": (principal_arn,),
         "aws:securetransport": ("false",),
     }
+    if grant_call:
+        context[_GRANT_FOR_AWS_KEY] = ("false",)
     for key, value in (encryption_context or {}).items():
         name = _CONTEXT_PREFIX + key.lower()
         context[name] = (*context.get(name, ()), value)
