@@ -135,8 +135,8 @@ def _unexpected(exc: Exception, step: str) -> EnvelopeError:
     """The error for a failure no check above foresaw. It names the exception's type only:
     its message could quote the envelope (or, once decrypted, a listed name)."""
     return EnvelopeError(
-        f"envelope refused: {type(exc).__name__} while {step}; the envelope is malformed in "
-        "a way this reader does not name: seal it again, and report this"
+        f"envelope refused: {type(exc).__name__} while {step}, a failure this reader has no "
+        "specific message for; seal the list again, and report this"
     )
 
 
