@@ -9,7 +9,10 @@ NSM API's ``docs/attestation_process.md`` (sections 3.1 to 3.2.4), in their orde
 4. check the COSE signature with the chain's leaf key;
 5. apply the caller's checks: expected PCRs, nonce, and refusal of debug-mode enclaves.
 
-Every failure raises :class:`AttestationError`, whose message starts with the step.
+Every failure raises :class:`AttestationError`, whose message starts with the step. The
+document comes from whoever answers (a service being checked, or the host relaying
+``/dev/nsm``), so :func:`verify` is a boundary: any exception no check foresaw becomes an
+:class:`AttestationError` naming its type, never its message (which could quote the input).
 """
 
 from __future__ import annotations
@@ -127,6 +130,25 @@ def verify(
     fills in PCR3 (IAM role) and PCR4 (parent instance), so a document must never be trusted
     on PCR3/PCR4 alone.
     """
+    try:
+        return _verify(document, root, now, expected_pcrs, nonce, allow_debug)
+    except AttestationError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only AttestationError leaves
+        raise AttestationError(
+            f"attestation document refused: {type(exc).__name__} while verifying it, a "
+            "failure no step has a specific message for; fetch a fresh document"
+        ) from None
+
+
+def _verify(
+    document: bytes,
+    root: x509.Certificate | None,
+    now: datetime | None,
+    expected_pcrs: Mapping[int, bytes] | None,
+    nonce: bytes | None,
+    allow_debug: bool,
+) -> AttestationDocument:
     if now is None:
         now = datetime.now(UTC)
     elif now.utcoffset() is None:
@@ -330,7 +352,8 @@ def _step3_check_chain(
             if position + 1 < len(chain):
                 _check_issued_by(cert, chain[position + 1])
         except _X509_FAILURES as exc:
-            raise _chain_error(cert, f"cannot be checked ({type(exc).__name__}: {exc})") from exc
+            # The type only: cryptography's message could quote the certificate's bytes.
+            raise _chain_error(cert, f"cannot be checked ({type(exc).__name__})") from None
     return chain
 
 

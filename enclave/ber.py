@@ -3,8 +3,9 @@
 KMS sends its ``CiphertextForRecipient`` as BER with indefinite lengths, which DER-only
 parsers refuse, so the enclave carries this decoder. It builds a tree of :class:`TLV` nodes
 from the whole input, checks every length against the bytes that are left, caps nesting
-depth and the number of items, and raises only :class:`BERError`. It never returns a
-half-parsed tree: either all of the input is one well-formed value, or it raises.
+depth and the number of items, and raises only :class:`BERError` (:func:`decode` turns any
+other exception into one that names its type). It never returns a half-parsed tree: either
+all of the input is one well-formed value, or it raises.
 
 Deliberately unsupported, because CMS from KMS never uses them: tag numbers above 30
 (the multi-byte tag form) and length fields wider than four bytes.
@@ -50,6 +51,9 @@ TAG_SET = 17
 
 #: Nesting depth cap: CMS EnvelopedData from KMS nests 10 deep; 32 leaves room, stops stack abuse.
 DEFAULT_MAX_DEPTH = 32
+#: The largest ``max_depth`` a caller may ask for: the decoder recurses (one frame a level),
+#: and far below Python's default recursion limit of 1000 it cannot raise RecursionError.
+_DEPTH_CEILING = 200
 #: Item cap: bounds the work and memory of one decode however the input is shaped.
 DEFAULT_MAX_ITEMS = 10_000
 #: Length fields wider than 4 octets would describe values above 4 GiB, never legitimate here.
@@ -100,8 +104,25 @@ def decode(
     caps nesting (the outermost value is depth 1) and ``max_items`` caps the number of
     values, end-of-contents markers not included.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BERError(f"BER input must be bytes, not {type(data).__name__}")
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int):
+        raise BERError("max_depth must be an int")
+    if not 1 <= max_depth <= _DEPTH_CEILING:
+        raise BERError(f"max_depth must be between 1 and {_DEPTH_CEILING}")
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+        raise BERError("max_items must be a positive int")
     parser = _Parser(bytes(data), max_depth, max_items)
-    tlv, end = parser.parse(0, len(parser.data), 1)
+    try:
+        tlv, end = parser.parse(0, len(parser.data), 1)
+    except BERError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only BERError leaves
+        # Only the type is named: a foreign message could quote the input.
+        raise BERError(
+            f"BER input could not be decoded: {type(exc).__name__}, a failure this decoder "
+            "has no specific message for"
+        ) from None
     if end != len(parser.data):
         raise BERError(
             f"BER: {len(parser.data) - end} trailing byte(s) after the value at offset {end}; "

@@ -9,8 +9,9 @@ expect. Bignums (tags 2 and 3) are not converted; they stay :class:`Tag` values.
 Decoding treats its input as hostile. It is bounded in nesting depth and in the total number of
 data items, checks every claimed length against the bytes that are left *before* using it,
 rejects the reserved additional-information values 28-30, rejects duplicate and unhashable map
-keys, and raises only :class:`CBORError`. It never returns a partial result, and one call must
-consume the whole input (trailing bytes are an error).
+keys, and raises only :class:`CBORError` (:func:`decode` turns any other exception into one
+that names its type). It never returns a partial result, and one call must consume the whole
+input (trailing bytes are an error).
 
 Two leniencies are deliberate, because real encoders produce them and neither changes the
 meaning of the data: non-shortest argument encodings (e.g. ``0x1800`` for 0) are accepted, and
@@ -178,7 +179,16 @@ def decode(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEM
     if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
         raise CBORError("max_items must be a positive int")
     decoder = _Decoder(bytes(data), max_depth, max_items)
-    value = decoder.item(1)
+    try:
+        value = decoder.item(1)
+    except CBORError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only CBORError leaves
+        # Only the type is named: a foreign message could quote the input.
+        raise CBORError(
+            f"CBOR input could not be decoded: {type(exc).__name__} near offset "
+            f"{decoder.pos}, a failure this decoder has no specific message for"
+        ) from None
     if decoder.pos != len(decoder.data):
         raise CBORError(
             f"trailing bytes after the CBOR item: it ends at offset {decoder.pos} of "

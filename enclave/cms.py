@@ -10,7 +10,9 @@ carries an ephemeral RSA public key), KMS does not return the plaintext. It retu
 
 This module accepts exactly that shape and nothing else. Structural problems are reported
 specifically; every failure of the cryptography itself is one opaque error (see
-:data:`DECRYPTION_FAILED`) so the caller cannot be turned into a padding oracle.
+:data:`DECRYPTION_FAILED`) so the caller cannot be turned into a padding oracle. The host
+relays KMS's answer, so the bytes are hostile: both entry points raise only
+:class:`CMSError`, turning any exception no check foresaw into one that names its type.
 
 Callers must still use each ephemeral RSA key for one ``Decrypt`` answer only: CBC content
 is not authenticated, so a host that could replay altered answers against the same key and
@@ -109,6 +111,21 @@ def subject_key_identifier(public_key: RSAPublicKey) -> bytes:
 
 def parse_enveloped_data(ber: bytes) -> EnvelopedData:
     """Decode and check KMS's ContentInfo; return the fields, or raise :class:`CMSError`."""
+    try:
+        return _parse(ber)
+    except CMSError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only CMSError leaves
+        # Only the type is named: a foreign message could quote the input.
+        raise CMSError(
+            f"CMS: malformed EnvelopedData ({type(exc).__name__}, a failure this parser has "
+            "no specific message for); request a fresh answer from KMS"
+        ) from None
+
+
+def _parse(ber: bytes) -> EnvelopedData:
+    if not isinstance(ber, bytes | bytearray | memoryview):
+        raise CMSError(f"CMS: input must be bytes, not {type(ber).__name__}")
     if len(ber) > MAX_ENVELOPED_DATA_BYTES:
         raise CMSError(
             f"CMS: input of {len(ber)} bytes exceeds {MAX_ENVELOPED_DATA_BYTES}; "
@@ -142,7 +159,8 @@ def decrypt_enveloped_data(ber: bytes, private_key: RSAPrivateKey) -> bytes:
     try:
         content_key = _unwrap_content_key(parsed.encrypted_key, private_key)
         return _decrypt_content(content_key, parsed.iv, parsed.encrypted_content)
-    except (ValueError, _UnwrapError):
+    except Exception:  # every failure here, foreseen (ValueError) or not, is the one opaque
+        # error, so that no failure can be told from another (no padding oracle)
         raise CMSError(DECRYPTION_FAILED) from None
 
 

@@ -2,7 +2,10 @@
 
 Only what the Nitro Security Module emits is supported: a single signer, an attached
 payload, and ECDSA over P-384 with SHA-384. Anything else is refused, not half-handled.
-Every failure raises :class:`COSEError`; no other exception escapes for any input bytes.
+Every failure raises :class:`COSEError`; no other exception escapes for any input bytes:
+:func:`decode_sign1` and :func:`verify_es384` turn any exception no check foresaw into one
+(see :func:`_unexpected`). Messages name header labels only when they are integers (the
+registered ones are), never text or bytes taken from the message.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ _CONTEXT_SIGNATURE1 = "Signature1"
 
 class COSEError(EnclaveError):
     """A COSE_Sign1 structure is malformed, unsupported, or its signature does not verify."""
+
+
+def _unexpected(exc: Exception, step: str) -> COSEError:
+    """The boundary's error: the exception's type only, as its message could quote input."""
+    return COSEError(
+        f"COSE_Sign1 refused: {type(exc).__name__} while {step}, a failure this module has no "
+        "specific message for"
+    )
 
 
 def _check_header_map(value: CBORValue, bucket: str) -> Mapping[CBORValue, CBORValue]:
@@ -96,8 +107,8 @@ class Sign1:
         shared = set(protected_header) & set(unprotected)
         if shared:
             raise COSEError(
-                f"COSE_Sign1 header label(s) {sorted(map(str, shared))} appear in both the "
-                "protected and unprotected buckets; RFC 9052 §3 forbids this"
+                f"COSE_Sign1 has {len(shared)} header label(s) in both the protected and "
+                "unprotected buckets; RFC 9052 §3 forbids this"
             )
         object.__setattr__(self, "unprotected", unprotected)
         object.__setattr__(self, "protected_header", protected_header)
@@ -109,6 +120,15 @@ def decode_sign1(data: bytes) -> Sign1:
     RFC 9052 §4.2: ``[protected: bstr, unprotected: map, payload: bstr / nil, signature: bstr]``.
     A detached (nil) payload is refused: nothing here supplies one from elsewhere.
     """
+    try:
+        return _decode_sign1(data)
+    except COSEError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only COSEError leaves
+        raise _unexpected(exc, "decoding") from None
+
+
+def _decode_sign1(data: bytes) -> Sign1:
     try:
         item = decode(data)
     except CBORError as exc:
@@ -188,14 +208,24 @@ def verify_es384(sign1: Sign1, public_key: ec.EllipticCurvePublicKey) -> None:
     The protected header must name ES384 and the key must be on P-384: RFC 9053 §2.1 lets a
     verifier pair SHA-384 with other curves, we do not, so a weaker key cannot stand in.
     """
+    try:
+        _verify_es384(sign1, public_key)
+    except COSEError:
+        raise
+    except Exception as exc:  # the boundary, as in decode_sign1
+        raise _unexpected(exc, "verifying the signature") from None
+
+
+def _verify_es384(sign1: Sign1, public_key: ec.EllipticCurvePublicKey) -> None:
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP384R1
     ):
         raise COSEError("ES384 needs a P-384 (secp384r1) public key; this key is another type")
     alg = sign1.protected_header.get(HEADER_ALG)
     if type(alg) is not int or alg != ALG_ES384:
+        named = f"algorithm {alg}" if type(alg) is int else "no integer algorithm"
         raise COSEError(
-            f"COSE_Sign1 protected header names algorithm {alg!r}; only ES384 ({ALG_ES384}) "
+            f"COSE_Sign1 protected header names {named}; only ES384 ({ALG_ES384}) "
             "is supported"
         )
     signature = _der_signature(sign1.signature)

@@ -15,7 +15,6 @@ message carries a key, a secret, a session token or an IMDS token.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from enclave import http, sigv4
+from enclave import http, sigv4, strict_json
 from enclave.errors import EnclaveError
 
 __all__ = [
@@ -246,21 +245,31 @@ class ImdsClient:
 # -- the credentials document -----------------------------------------------------------
 
 
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate key")
-    return dict(pairs)
-
-
 def parse_credentials_document(body: bytes, role: str) -> sigv4.Credentials:
-    """Strictly parse IMDS's credentials JSON; never echo a field's value in an error."""
+    """Strictly parse IMDS's credentials JSON; never echo a field's value in an error.
+
+    The answer comes through the parent's proxy, which could change it, so this is a
+    boundary: any exception no check foresaw becomes an :class:`ImdsError` naming its type
+    only (a foreign message could quote the document, secrets included).
+    """
     try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        # "from None": a JSONDecodeError keeps the whole document, secrets included.
+        return _parse_credentials_document(body, role)
+    except ImdsError:
+        raise
+    except Exception as exc:
         raise ImdsError(
-            f"IMDS returned credentials for role {role} that are not valid JSON; "
+            f"IMDS returned credentials for role {role} that could not be read "
+            f"({type(exc).__name__}); try again, and report it if it persists"
+        ) from None
+
+
+def _parse_credentials_document(body: bytes, role: str) -> sigv4.Credentials:
+    try:
+        document = strict_json.loads(body, max_bytes=IMDS_MAX_RESPONSE_BYTES)
+    except strict_json.JSONError as exc:
+        # JSONError's message is ours and never quotes the document (whose secrets it holds).
+        raise ImdsError(
+            f"IMDS returned credentials for role {role} that are not valid JSON ({exc}); "
             "try again, and report it if it persists"
         ) from None
     if not isinstance(document, dict):

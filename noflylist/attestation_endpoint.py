@@ -29,6 +29,7 @@ from enclave import cbor
 from enclave.errors import EnclaveError
 from enclave.nsm import SecureModule
 from noflylist import __version__
+from noflylist.envelope import MAX_COUNT
 from noflylist.server import RouteResponse
 from noflylist.service import ListHolder
 
@@ -92,7 +93,22 @@ def encode_user_data(served: ServedList) -> bytes:
 
 
 def decode_user_data(data: bytes) -> ServedList:
-    """Parse ``user_data`` strictly: exactly the three keys, each with its type and size."""
+    """Parse ``user_data`` strictly: exactly the three keys, each with its type and size.
+
+    ``noflylist check`` reads it from the service it is checking, so this is a boundary: any
+    exception no check foresaw becomes an :class:`AttestationEndpointError` naming its type.
+    """
+    try:
+        return _decode_user_data(data)
+    except AttestationEndpointError:
+        raise
+    except Exception as exc:
+        raise AttestationEndpointError(
+            f"user_data could not be read ({type(exc).__name__})"
+        ) from None
+
+
+def _decode_user_data(data: bytes) -> ServedList:
     try:
         value = cbor.decode(data, max_depth=2, max_items=_MAX_USER_DATA_ITEMS)
     except cbor.CBORError as exc:
@@ -104,8 +120,10 @@ def decode_user_data(data: bytes) -> ServedList:
     digest, serial, version = (value[key] for key in _USER_DATA_KEYS)
     if digest is not None and (not isinstance(digest, bytes) or len(digest) != _DIGEST_BYTES):
         raise AttestationEndpointError("user_data envelope_sha256 is not 32 bytes or null")
-    if serial is not None and (type(serial) is not int or serial < 0):
-        raise AttestationEndpointError("user_data serial is not a non-negative integer or null")
+    if serial is not None and (type(serial) is not int or not 0 <= serial <= MAX_COUNT):
+        raise AttestationEndpointError(
+            f"user_data serial is not an integer in 0..{MAX_COUNT} (an envelope serial) or null"
+        )
     if not isinstance(version, str) or not 0 < len(version) <= _MAX_VERSION_CHARS:
         raise AttestationEndpointError("user_data version is not short text")
     return ServedList(digest, serial, version)

@@ -26,7 +26,10 @@ Two formats:
   comma-separated. It has no serial, key id or entry count.
 
 Every malformed envelope gives one :class:`EnvelopeError` naming what is wrong, never a
-traceback, never any plaintext.
+traceback, never any plaintext. Whoever can write where the envelope is kept (the bucket's
+writers, or a file on the host) chooses these bytes, so :func:`parse`, :func:`decrypt` and
+the names it yields are each a boundary: any other exception from inside becomes an
+:class:`EnvelopeError` naming its type (see :func:`_unexpected`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enclave import strict_json
 from enclave.errors import EnclaveError
 from enclave.kms import DataKey
 
@@ -53,6 +57,11 @@ FORMAT_FERNET = "fernet"
 #: Upper bound on an envelope document: 2 million names of ~20 bytes, base64-encoded, is
 #: about 55 MiB; anything much larger is not an envelope of ours.
 MAX_ENVELOPE_BYTES = 128 * 1024 * 1024
+#: Deepest JSON nesting of an envelope: v2's object holds one more, ``encryption_context``.
+MAX_JSON_DEPTH = 2
+#: Largest ``serial`` and ``entries``: both are exported as /metrics gauges, which are
+#: floats, exact up to 2**53; JSON readers in JavaScript have the same limit.
+MAX_COUNT = 2**53 - 1
 #: KMS data keys for AES-256 (and Fernet's signing + encryption halves) are 32 bytes.
 DATA_KEY_BYTES = 32
 #: AES-GCM's standard nonce length.
@@ -114,14 +123,34 @@ class Envelope:
 
 def parse(document: bytes) -> Envelope:
     """Parse and check an envelope document of either format, without decrypting it."""
+    try:
+        return _parse(document)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # the boundary: whatever the bytes, only EnvelopeError leaves
+        raise _unexpected(exc, "parsing the envelope") from None
+
+
+def _unexpected(exc: Exception, step: str) -> EnvelopeError:
+    """The error for a failure no check above foresaw. It names the exception's type only:
+    its message could quote the envelope (or, once decrypted, a listed name)."""
+    return EnvelopeError(
+        f"envelope refused: {type(exc).__name__} while {step}, a failure this reader has no "
+        "specific message for; seal the list again, and report this"
+    )
+
+
+def _parse(document: bytes) -> Envelope:
     if len(document) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(
             f"envelope is {len(document)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed"
         )
     try:
-        value = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EnvelopeError(f"envelope is not JSON: {exc.__class__.__name__}") from None
+        value = strict_json.loads(
+            document, max_bytes=MAX_ENVELOPE_BYTES, max_depth=MAX_JSON_DEPTH
+        )
+    except strict_json.JSONError as exc:
+        raise EnvelopeError(f"envelope is not JSON this service reads: {exc}") from None
     if not isinstance(value, dict):
         raise EnvelopeError("envelope is not a JSON object")
     if "format" in value:
@@ -140,20 +169,23 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
     missing = sorted(_V2_FIELDS - value.keys())
     if missing:
         raise EnvelopeError(f"envelope lacks field(s): {', '.join(missing)}")
-    extra = sorted(value.keys() - _V2_FIELDS)
-    if extra:
-        raise EnvelopeError(f"envelope has unknown field(s): {', '.join(extra)}")
+    extra = value.keys() - _V2_FIELDS
+    if extra:  # counted, not named: a field name is the writer's text
+        raise EnvelopeError(
+            f"envelope has {len(extra)} unknown field(s); a v2 envelope has exactly "
+            f"{', '.join(sorted(_V2_FIELDS))}"
+        )
     serial, entries = value["serial"], value["entries"]
     if not _is_count(serial):
-        raise EnvelopeError("envelope field 'serial' must be a non-negative integer")
+        raise EnvelopeError(f"envelope field 'serial' must be an integer in 0..{MAX_COUNT}")
     if not _is_count(entries):
-        raise EnvelopeError("envelope field 'entries' must be a non-negative integer")
+        raise EnvelopeError(f"envelope field 'entries' must be an integer in 0..{MAX_COUNT}")
     for name in ("key_id", "created"):
-        if not isinstance(value[name], str) or not value[name]:
-            raise EnvelopeError(f"envelope field {name!r} must be a non-empty string")
+        if not _is_text(value[name]) or not value[name]:
+            raise EnvelopeError(f"envelope field {name!r} must be a non-empty Unicode string")
     context = value["encryption_context"]
     if not isinstance(context, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in context.items()
+        _is_text(k) and _is_text(v) for k, v in context.items()
     ):
         raise EnvelopeError("envelope field 'encryption_context' must map strings to strings")
     nonce = _b64_field(value, "nonce")
@@ -198,11 +230,22 @@ def decrypt(
     The names come out one at a time so the caller can build its table without a list of
     every name; nothing here keeps them.
     """
+    # The decryptor is ours (KMS): its errors, KMSError among them, pass through unchanged.
     data_key = decryptor.decrypt(
         envelope.data_key_ciphertext,
         key_id=pinned_key_id or envelope.key_id,
         encryption_context=envelope.encryption_context or None,
     )
+    try:
+        names = _open(envelope, data_key)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # the boundary, as in parse()
+        raise _unexpected(exc, "decrypting the envelope") from None
+    return _guarded(names)
+
+
+def _open(envelope: Envelope, data_key: bytes) -> Iterator[str]:
     if len(data_key) != DATA_KEY_BYTES:
         raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
     if envelope.format == FORMAT_FERNET:
@@ -219,6 +262,19 @@ def decrypt(
             "sealed under another data key"
         ) from None
     return _counted(_lines_then_wipe(plaintext), envelope.entries)
+
+
+def _guarded(names: Iterator[str]) -> Iterator[str]:
+    """The boundary of the names :func:`decrypt` returns, which are read after it returns.
+
+    Closing this generator closes ``names``, so v2's buffer is still wiped when the reader
+    stops early."""
+    try:
+        yield from names
+    except EnvelopeError:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc, "reading the decrypted list") from None
 
 
 def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
@@ -314,6 +370,8 @@ def seal_v2(
     now: datetime | None = None,
 ) -> bytes:
     """Encrypt ``names`` into a v2 envelope under a fresh KMS data key, then forget the key."""
+    if not _is_count(serial):
+        raise EnvelopeError(f"the serial must be an integer in 0..{MAX_COUNT}")
     lines = [_one_line(name) for name in names]
     key_arn, data_key, blob = _new_data_key(kms, key_id, encryption_context)
     header: dict[str, Any] = {
@@ -365,7 +423,19 @@ def _one_line(name: str) -> str:
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
+def _is_text(value: object) -> bool:
+    """A string that is valid Unicode. JSON's ``\\ud800`` escapes make lone surrogates, which
+    no UTF-8 log line or KMS request can carry."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _b64(data: bytes) -> str:

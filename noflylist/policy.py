@@ -62,6 +62,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
+from enclave import strict_json
 from enclave.errors import EnclaveError
 
 __all__ = [
@@ -239,14 +240,29 @@ def measurements_from_describe_eif(text: str | bytes) -> dict[int, bytes]:
     "PCR1": hex, "PCR2": hex, ["PCR8": hex]}, ...}`` (Nitro Enclaves User Guide,
     "nitro-cli describe-eif"); Enclaver prints the same ``Measurements`` object. PCR1 and PCR2
     (kernel and boot ramfs, application) are implied by PCR0, which hashes the whole image.
+    The file is input like any other: only :class:`PolicyError` leaves, whatever it holds.
     """
+    try:
+        return _measurements(text)
+    except PolicyError:
+        raise
+    except Exception as exc:  # the boundary: the file is input, only PolicyError leaves
+        raise PolicyError(
+            f"--from-describe-eif: unreadable ({type(exc).__name__}); give the output of "
+            "nitro-cli describe-eif"
+        ) from None
+
+
+def _measurements(text: str | bytes) -> dict[int, bytes]:
     flag = "--from-describe-eif"
     if len(text) > MAX_DESCRIBE_EIF_BYTES:
         raise PolicyError(f"{flag}: the file exceeds {MAX_DESCRIBE_EIF_BYTES} bytes")
     try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        raise PolicyError(f"{flag}: not JSON; give the output of nitro-cli describe-eif") from None
+        document = strict_json.loads(text, max_bytes=MAX_DESCRIBE_EIF_BYTES)
+    except strict_json.JSONError as exc:
+        raise PolicyError(
+            f"{flag}: not JSON we read ({exc}); give the output of nitro-cli describe-eif"
+        ) from None
     measurements = document.get("Measurements") if isinstance(document, dict) else None
     if not isinstance(measurements, dict):
         raise PolicyError(

@@ -47,12 +47,13 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from enclave import strict_json
 from enclave.errors import EnclaveError
 from noflylist import connections
 from noflylist.connections import ConnectionLoop
-from noflylist.http_framing import Request, encode_response
+from noflylist.http_framing import MAX_BODY_BYTES, Request, encode_response
 from noflylist.metrics import Metrics
 from noflylist.screening import answer, normalize
 from noflylist.service import ListHolder
@@ -71,6 +72,8 @@ DRAIN_TIMEOUT = 10.0
 MAX_NAME_CHARS = 256
 #: Most names in one ``POST /v1/screen``: a large flight's manifest.
 MAX_BATCH_NAMES = 1000
+#: Nesting of a manifest, ``{"names": [...]}``; anything deeper is refused while parsing.
+_MANIFEST_DEPTH = 2
 #: Most ``key=value`` pairs in a query string; the request line limit bounds the rest.
 MAX_QUERY_PARAMS = 32
 #: Longest ``/readyz`` reason, so a long error from a load cannot bloat the answer.
@@ -168,17 +171,6 @@ def _check_name(name: str, label: str) -> None:
         raise RequestRejected(400, f"{label} is empty or only whitespace")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise RequestRejected(400, "the JSON body has an object with a repeated key")
-    return dict(pairs)
-
-
-def _reject_constant(_: str) -> None:
-    raise RequestRejected(400, "the JSON body has NaN or Infinity, which JSON does not allow")
-
-
 def _parse_manifest(request: Request) -> list[str]:
     """The names of a ``POST /v1/screen`` body, all checked, or a refusal naming the index."""
     media, _, parameters = request.headers.get("content-type", "").partition(";")
@@ -186,19 +178,11 @@ def _parse_manifest(request: Request) -> list[str]:
     if media.strip().lower() != JSON or charset not in ("", "charset=utf-8"):
         raise RequestRejected(415, "send the names as Content-Type: application/json (UTF-8)")
     try:
-        document = json.loads(
-            request.body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
+        document = strict_json.loads(
+            request.body, max_bytes=MAX_BODY_BYTES, max_depth=_MANIFEST_DEPTH
         )
-    except UnicodeDecodeError:
-        raise RequestRejected(400, "the body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise RequestRejected(
-            400, f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except (RecursionError, ValueError):  # nesting too deep; a number too long to convert
-        raise RequestRejected(400, "the body is not a JSON document this service accepts") from None
+    except strict_json.JSONError as exc:  # its message names the problem, never the body
+        raise RequestRejected(400, f"the body is refused: {exc}") from None
     if not isinstance(document, dict) or set(document) != {"names"}:
         raise RequestRejected(400, 'the body must be a JSON object {"names": [...]}')
     names = document["names"]

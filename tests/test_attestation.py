@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from enclave import attestation
 from enclave.attestation import AttestationError, verify
 from tests.conftest import VECTORS
+from tests.support.stack import with_frames_left
 
 NITRO = VECTORS / "nitro"
 EXPECTED: dict[str, Any] = json.loads((NITRO / "expected.json").read_text())
@@ -624,6 +625,46 @@ def test_flipping_any_one_byte_of_a_real_document_fails(name: str) -> None:
             tampered[position] ^= mask
             with pytest.raises(AttestationError):
                 verify(bytes(tampered), now=_time(name), allow_debug=True)
+
+
+# -- the boundary: whatever happens inside, only AttestationError leaves ------------------------
+
+SECRET = "not-to-be-echoed"
+
+
+def test_an_unforeseen_failure_in_a_step_is_an_attestation_error_naming_only_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(payload: bytes) -> None:
+        raise KeyError(SECRET)  # as a bug in a field check would
+
+    monkeypatch.setattr(attestation, "_step2_check_payload", broken)
+    name = PRODUCTION[0]
+    with pytest.raises(AttestationError, match="KeyError while verifying it") as caught:
+        verify(_document(name), now=_time(name))
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_a_certificate_check_that_cryptography_fails_names_its_type_not_its_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(cert: x509.Certificate, now: datetime) -> None:
+        raise ValueError(SECRET)  # cryptography's messages may quote the certificate
+
+    monkeypatch.setattr(attestation, "_check_validity", broken)
+    name = PRODUCTION[0]
+    refusal = r"^step 3 .*cannot be checked \(ValueError\)$"
+    with pytest.raises(AttestationError, match=refusal) as caught:
+        verify(_document(name), now=_time(name))
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_recursion_error_from_a_deep_caller_becomes_attestation_error() -> None:
+    name = PRODUCTION[0]
+    with pytest.raises(AttestationError, match="RecursionError"):
+        with_frames_left(14, lambda: verify(_document(name), now=_time(name)))
 
 
 def _certificate_spans(name: str) -> list[tuple[int, int]]:

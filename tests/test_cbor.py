@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from enclave.cbor import MAX_DEPTH, MAX_ITEMS, CBORError, CBORValue, Tag, decode, encode
 from tests.conftest import VECTORS
+from tests.support.stack import with_frames_left
 
 # No example database: nothing is written into the working tree.
 _FAST = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -388,6 +389,27 @@ def test_max_depth_outside_the_safe_range_is_refused() -> None:
             decode(b"\x00", max_depth=bad)
     with pytest.raises(CBORError, match="max_items"):
         decode(b"\x00", max_items=0)
+
+
+def test_recursion_error_from_a_deep_caller_becomes_cbor_error_naming_its_type() -> None:
+    deepest = _nested_arrays(MAX_DEPTH)  # allowed, and about two frames a level to decode
+    assert with_frames_left(200, lambda: decode(deepest)) is not None
+    with pytest.raises(CBORError, match="RecursionError near offset") as caught:
+        with_frames_left(30, lambda: decode(deepest))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_an_unforeseen_failure_inside_the_decoder_is_a_cbor_error_without_its_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: object, raw: bytes, start: int) -> str:
+        raise ValueError(raw.decode())  # a foreign message that quotes the input
+
+    monkeypatch.setattr("enclave.cbor._Decoder._text", broken)
+    with pytest.raises(CBORError, match=r"ValueError near offset \d+") as caught:
+        decode(encode(["x", "secret text"]))
+    assert "secret" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
 def test_encoding_deeper_than_max_depth_or_a_cycle_is_refused() -> None:

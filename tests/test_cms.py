@@ -26,12 +26,15 @@ from enclave.ber import BERError
 from enclave.cms import (
     DECRYPTION_FAILED,
     CMSError,
+    EnvelopedData,
     decrypt_enveloped_data,
     parse_enveloped_data,
     subject_key_identifier,
 )
 from enclave.simulator.cms_writer import encode_enveloped_data
 from tests.conftest import VECTORS
+from tests.support import ber_tree
+from tests.support.stack import with_frames_left
 
 OAEP_SHA256_KEYOPTS = (
     "-keyopt", "rsa_padding_mode:oaep",
@@ -524,6 +527,85 @@ def test_ber_octet_string_reassembles_nested_segments() -> None:
 def test_ber_octet_string_refuses_segments_of_another_type() -> None:
     with pytest.raises(BERError, match="expected an OCTET STRING"):
         ber.decode_octet_string(ber.decode(bytes.fromhex("2403020105")))
+
+
+# --- (4b) the boundary: whatever the input, only BERError and CMSError leave ------------------
+
+
+@pytest.mark.parametrize("bad", ["3000", None, 2**62, [0x30, 0x00], 1.5])
+def test_ber_and_cms_refuse_input_that_is_not_bytes_before_touching_it(bad: object) -> None:
+    # 2**62 once went to bytes(), which tries to allocate that many zero bytes.
+    with pytest.raises(BERError, match="BER input must be bytes"):
+        ber.decode(bad)  # type: ignore[arg-type]
+    with pytest.raises(CMSError, match="input must be bytes"):
+        parse_enveloped_data(bad)  # type: ignore[arg-type]
+
+
+def test_ber_limits_outside_the_safe_range_are_refused() -> None:
+    for depth in (0, -1, 201, 10_000, True):
+        with pytest.raises(BERError, match="max_depth"):
+            ber.decode(b"\x05\x00", max_depth=depth)
+    for items in (0, -1, True):
+        with pytest.raises(BERError, match="max_items"):
+            ber.decode(b"\x05\x00", max_items=items)
+
+
+def test_recursion_error_from_a_deep_caller_becomes_ber_and_cms_errors() -> None:
+    deepest = b"\x30\x80" * ber.DEFAULT_MAX_DEPTH + b"\x00\x00" * ber.DEFAULT_MAX_DEPTH
+    assert with_frames_left(200, lambda: ber.decode(deepest)).constructed
+    with pytest.raises(BERError, match="RecursionError") as caught:
+        with_frames_left(20, lambda: ber.decode(deepest))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    vector = bytes.fromhex(SDKC[0]["ber_hex"])
+    with pytest.raises(CMSError, match="RecursionError"):
+        with_frames_left(14, lambda: parse_enveloped_data(vector))
+
+
+def test_an_unforeseen_failure_in_a_structure_check_is_a_cmserror_naming_only_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(node: ber.TLV) -> tuple[bytes, bytes]:
+        raise KeyError("secret-looking input")
+
+    monkeypatch.setattr("enclave.cms._key_trans_recipient_info", broken)
+    with pytest.raises(CMSError, match=r"malformed EnvelopedData \(KeyError") as caught:
+        parse_enveloped_data(bytes.fromhex(SDKC[0]["ber_hex"]))
+    assert "secret" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_an_unforeseen_failure_in_the_cryptography_is_the_one_opaque_error(
+    monkeypatch: pytest.MonkeyPatch, recipient: Recipient
+) -> None:
+    def broken(content_key: bytes, iv: bytes, encrypted_content: bytes) -> bytes:
+        raise TypeError("a failure cryptography could add in a later release")
+
+    monkeypatch.setattr("enclave.cms._decrypt_content", broken)
+    blob = encode_enveloped_data(b"k" * 32, recipient.private_key.public_key())
+    with pytest.raises(CMSError) as caught:
+        decrypt_enveloped_data(blob, recipient.private_key)
+    assert str(caught.value) == DECRYPTION_FAILED
+
+
+@pytest.mark.parametrize("vector", SDKC, ids=[v["name"] for v in SDKC])
+def test_any_node_of_a_kms_vector_replaced_removed_or_repeated_raises_only_cmserror(
+    vector: dict[str, str],
+) -> None:
+    """Every node in turn becomes each other kind of node, goes, or appears twice; the tree
+    is encoded again, so the BER stays well-formed and the CMS checks are what refuse it."""
+    tree = ber.decode(bytes.fromhex(vector["ber_hex"]))
+    refused = 0
+    for path in ber_tree.paths(tree):
+        edits = [ber_tree.replace(tree, path, kind) for kind in ber_tree.KINDS]
+        if path:
+            edits += [ber_tree.replace(tree, path, None), ber_tree.duplicate(tree, path)]
+        for edited in edits:
+            try:
+                assert isinstance(parse_enveloped_data(ber_tree.encode(edited)), EnvelopedData)
+            except CMSError as exc:
+                assert exc.__cause__ is None
+                refused += 1
+    assert refused > 200  # most edits break the KMS shape; a few only change a value's bytes
 
 
 # --- (5) fuzzing: only the module's own error type escapes ------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from enclave import cose
 from tests.conftest import VECTORS
+from tests.support.stack import with_frames_left
 
 NITRO = VECTORS / "nitro"
 DOCUMENTS = sorted(path.name for path in NITRO.glob("*.cbor"))
@@ -119,6 +120,71 @@ def test_malformed_sign1_is_refused_with_coseerror(data: bytes) -> None:
 def test_encode_refuses_a_protected_bucket_that_is_not_a_serialized_map() -> None:
     with pytest.raises(cose.COSEError):
         cose.encode_sign1(b"\x01", {}, b"payload", b"sig")
+
+
+#: One value of every CBOR type this codec reads, and the awkward ones for COSE's positions.
+WRONG_VALUES: list[object] = [
+    None, True, 0, -35, 2**64 - 1, -(2**64), b"", b"\xa0", b"\x01" * 96, "", "x", [], {},
+    {1: -35}, {"x": b""}, [b"", {}, b"", b""], cbor2.CBORTag(18, []),
+]  # fmt: skip
+SECRET = "not-to-be-echoed"
+
+
+@pytest.mark.parametrize("position", range(4), ids=["protected", "unprotected", "payload",
+                                                  "signature"])  # fmt: skip
+def test_any_value_at_any_position_of_a_real_document_decodes_or_raises_coseerror(
+    position: int,
+) -> None:
+    parts = cbor2.loads(_real(DOCUMENTS[0]))
+    for value in WRONG_VALUES:
+        changed = list(parts)
+        changed[position] = value
+        for data in (cbor2.dumps(changed), cbor2.dumps(cbor2.CBORTag(18, changed))):
+            try:
+                assert isinstance(cose.decode_sign1(data), cose.Sign1)
+            except cose.COSEError as exc:
+                assert exc.__cause__ is None or isinstance(exc.__cause__, cose.CBORError)
+
+
+def test_labels_in_both_buckets_are_counted_not_quoted() -> None:
+    data = cbor2.dumps([cbor2.dumps({SECRET: 1, 1: -35}), {SECRET: 1, 1: -35}, b"p", b"s"])
+    with pytest.raises(cose.COSEError, match="has 2 header label") as caught:
+        cose.decode_sign1(data)
+    assert SECRET not in str(caught.value)
+
+
+def test_an_algorithm_that_is_not_an_integer_is_not_quoted(
+    p384_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    sign1 = _signed(p384_key, b"payload", cbor2.dumps({1: SECRET}))
+    with pytest.raises(cose.COSEError, match="no integer algorithm") as caught:
+        cose.verify_es384(sign1, p384_key.public_key())
+    assert SECRET not in str(caught.value)
+
+
+def test_recursion_error_from_a_deep_caller_becomes_coseerror() -> None:
+    document = _real(DOCUMENTS[0])
+    with pytest.raises(cose.COSEError, match="RecursionError"):
+        with_frames_left(14, lambda: cose.decode_sign1(document))
+
+
+def test_unforeseen_failures_in_decoding_and_verifying_are_coseerrors_naming_only_the_type(
+    monkeypatch: pytest.MonkeyPatch, p384_key: ec.EllipticCurvePrivateKey
+) -> None:
+    sign1 = _signed(p384_key, b"payload", PROTECTED_ES384)
+    data = cose.encode_sign1(PROTECTED_ES384, {}, b"payload", sign1.signature)
+
+    def broken(*_: object) -> bytes:
+        raise OverflowError(SECRET)
+
+    monkeypatch.setattr(cose, "_der_signature", broken)
+    with pytest.raises(cose.COSEError, match="OverflowError while verifying") as caught:
+        cose.verify_es384(sign1, p384_key.public_key())
+    assert SECRET not in str(caught.value) and caught.value.__suppress_context__
+    monkeypatch.setattr(cose, "_check_header_map", broken)
+    with pytest.raises(cose.COSEError, match="OverflowError while decoding") as caught:
+        cose.decode_sign1(data)
+    assert SECRET not in str(caught.value) and caught.value.__suppress_context__
 
 
 # -- Sig_structure -----------------------------------------------------------------------------

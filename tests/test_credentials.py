@@ -29,7 +29,7 @@ from enclave.credentials import (
     CredentialsError,
     resolve_region,
 )
-from enclave.imds import parse_credentials_document
+from enclave.imds import ImdsError, parse_credentials_document
 from tests.support.imds import (
     REGION_PATH,
     ROLE_LIST_PATH,
@@ -479,6 +479,62 @@ def test_malformed_credentials_document_is_a_clear_error_without_secrets(
     message = fetch_error(imds)
     assert expected in message
     assert "topsecret" not in message and "sessiontoken" not in message
+
+
+_VALID_BODY = json.dumps(VALID_DOCUMENT).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "nested more than"),
+        (b'{"Code": ' + b"[" * 300_000, "more than the 65536 allowed"),
+        (_VALID_BODY[:-1] + b', "N": ' + b"9" * 5000 + b"}", "more than 32 characters"),
+        (_VALID_BODY[:-1] + b', "N": NaN}', "NaN is not JSON"),
+        (_VALID_BODY[:-1] + b', "Token": "topsecret2"}', "repeated key"),
+        (_VALID_BODY + b"topsecret", "Extra data"),
+        (_VALID_BODY + b"\xff", "not UTF-8"),
+        (_VALID_BODY.decode().encode("utf-16"), "not UTF-8"),
+        (b"\xef\xbb\xbf" + _VALID_BODY, "byte-order mark"),
+        (_VALID_BODY[: len(_VALID_BODY) // 2], "not valid JSON"),
+        (json.dumps(VALID_DOCUMENT | {"Token": "topsecret\ud800"}).encode(), "usable Token"),
+    ],
+    ids=["deep", "larger than IMDS answers", "5000 digits", "NaN", "repeated key",
+         "garbage tail", "tail not UTF-8", "UTF-16", "byte-order mark", "truncated",
+         "lone surrogate"],
+)  # fmt: skip
+def test_hostile_credentials_documents_raise_imds_error_naming_the_cause(
+    body: bytes, expected: str
+) -> None:
+    with pytest.raises(ImdsError) as caught:
+        parse_credentials_document(body, "role")
+    message = str(caught.value)
+    assert expected in message
+    assert "topsecret" not in message and "sessiontoken" not in message
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+def test_every_truncation_of_a_credentials_document_raises_imds_error() -> None:
+    assert parse_credentials_document(_VALID_BODY, "role").access_key_id == "ASIAEXAMPLE"
+    for end in range(len(_VALID_BODY)):
+        with pytest.raises(ImdsError) as caught:
+            parse_credentials_document(_VALID_BODY[:end], "role")
+        assert "topsecret" not in str(caught.value)
+
+
+def test_an_unforeseen_failure_reading_credentials_is_an_imds_error_naming_only_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Broken:
+        def fullmatch(self, text: str) -> None:
+            raise TypeError(text)  # a foreign message quoting a secret
+
+    monkeypatch.setattr("enclave.imds._HEADER_SAFE", Broken())
+    with pytest.raises(ImdsError, match=r"could not be read \(TypeError\)") as caught:
+        parse_credentials_document(_VALID_BODY, "role")
+    assert "topsecret" not in str(caught.value) and "ASIA" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
 def test_credentials_already_expired_by_our_clock_point_at_the_clock(imds: FakeImds) -> None:

@@ -252,3 +252,205 @@ def test_sealing_refuses_empty_or_multi_line_names() -> None:
 def _assert_no_names(text: str) -> None:
     for name in (*NAMES, "bert", "ernie"):
         assert name not in text
+
+
+# -- hostile documents: whoever can write the envelope's place chooses these bytes ------------
+
+#: Put into hostile documents; no error message may quote it.
+MARKER = "Elmo-the-marker"
+
+
+def _refusal(document: bytes) -> str:
+    """``parse``'s refusal of ``document``: an EnvelopeError that quotes none of it and
+    chains no foreign exception (whose message or traceback could)."""
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.parse(document)
+    error = caught.value
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
+    _assert_no_names(str(error))
+    assert MARKER not in str(error)
+    return str(error)
+
+
+def _v2_with(kms: FakeDataKeys, field: str, raw: bytes) -> bytes:
+    """A sealed v2 document whose ``field`` is the raw JSON text ``raw``."""
+    document = sealed(kms)
+    document[field] = "@@"
+    return json.dumps(document).encode().replace(b'"@@"', raw)
+
+
+DEEP = 300_000
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda kms: b"[" * DEEP + b"]" * DEEP, "nested more than 2"),
+        (lambda kms: b'{"a":' * DEEP + b"1" + b"}" * DEEP, "nested more than 2"),
+        (lambda kms: _v2_with(kms, "encryption_context", b'{"a":' * DEEP + b'""' + b"}" * DEEP),
+         "nested more than 2"),
+        (lambda kms: _v2_with(kms, "encryption_context", b'{"app": {"x": "y"}}'),
+         "nested more than 2"),
+        (lambda kms: _v2_with(kms, "serial", b"9" * 5000), "more than 32 characters"),
+        (lambda kms: _v2_with(kms, "serial", b"9" * 33), "more than 32 characters"),
+        (lambda kms: _v2_with(kms, "serial", str(envelope.MAX_COUNT + 1).encode()),
+         "'serial' must be an integer in 0..9007199254740991"),
+        (lambda kms: _v2_with(kms, "entries", str(2**60).encode()), "'entries' must be"),
+        (lambda kms: _v2_with(kms, "serial", b"1e400"), "'serial' must be"),
+        (lambda kms: _v2_with(kms, "serial", b"3.0"), "'serial' must be"),
+        (lambda kms: _v2_with(kms, "serial", b"NaN"), "NaN is not JSON"),
+        (lambda kms: _v2_with(kms, "serial", b'3, "serial": 4'), "repeated key"),
+        (lambda kms: _v2_with(kms, "key_id", b'"\\ud800"'), "'key_id' must be"),
+        (lambda kms: _v2_with(kms, "created", b'"2026\\udfff"'), "'created' must be"),
+        (lambda kms: _v2_with(kms, "encryption_context", b'{"app": "\\ud800"}'),
+         "encryption_context"),
+        (lambda kms: _v2_with(kms, "encryption_context", b'{"\\udc00": "x"}'),
+         "encryption_context"),
+        (lambda kms: envelope.seal_v2(NAMES, kms, "k", serial=3).decode().encode("utf-16"),
+         "not UTF-8"),
+        (lambda kms: b"\xef\xbb\xbf" + envelope.seal_v2(NAMES, kms, "k", serial=3),
+         "byte-order mark"),
+    ],
+    ids=["deep arrays", "deep objects", "deep encryption_context", "nested context value",
+         "serial of 5000 digits", "serial of 33 digits", "serial 2**53", "entries 2**60",
+         "serial 1e400", "serial 3.0", "serial NaN", "serial twice", "key_id lone surrogate",
+         "created lone surrogate", "context value lone surrogate", "context key lone surrogate",
+         "UTF-16", "byte-order mark"],
+)  # fmt: skip
+def test_hostile_v2_documents_raise_envelope_error_naming_the_cause(make: Any, words: str) -> None:
+    assert words in _refusal(make(FakeDataKeys()))
+
+
+def test_an_unknown_field_is_counted_not_named() -> None:
+    document = sealed(FakeDataKeys())
+    document[MARKER] = 1
+    assert "1 unknown field(s)" in _refusal(json.dumps(document).encode())
+
+
+def _fernet_document(kms: FakeDataKeys) -> bytes:
+    return public_demo_envelope(kms, ["bert", "ernie"])
+
+
+@pytest.mark.parametrize("which", ["v2", "fernet"])
+def test_every_truncation_of_either_format_raises_envelope_error(which: str) -> None:
+    kms = FakeDataKeys()
+    document = (envelope.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
+                else _fernet_document(kms)).rstrip()  # fmt: skip
+    assert envelope.parse(document).format in ("noflylist-envelope-v2", "fernet")
+    for end in range(len(document)):
+        _refusal(document[:end])
+
+
+@pytest.mark.parametrize("which", ["v2", "fernet"])
+@pytest.mark.parametrize(
+    "tail", [b"x", b"{}", b"[]", b"0", b"\x00", b"\xff", b",", b"}", b'"' + MARKER.encode()]
+)
+def test_a_valid_document_followed_by_garbage_raises_envelope_error(
+    which: str, tail: bytes
+) -> None:
+    kms = FakeDataKeys()
+    document = (envelope.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
+                else _fernet_document(kms))  # fmt: skip
+    _refusal(document + tail)
+
+
+#: One value of every JSON type, and the awkward ones: each goes into every field in turn.
+WRONG_VALUES: list[object] = [
+    None, True, False, 0, -1, 1.5, 2**53, "", "x", "AAAA", "\ud800", [], {}, [MARKER],
+    {MARKER: MARKER}, {MARKER: 1},
+]  # fmt: skip
+
+
+def _refused_or_unopenable(data: bytes, kms: FakeDataKeys) -> None:
+    try:
+        parsed = envelope.parse(data)
+    except EnvelopeError:
+        parsed = None
+    if parsed is None:
+        _refusal(data)  # again, outside the except block, to inspect the error's context
+        return
+    with pytest.raises((EnvelopeError, KMSError)) as caught:
+        list(envelope.decrypt(parsed, kms))
+    assert MARKER not in str(caught.value)
+    _assert_no_names(str(caught.value))
+
+
+@pytest.mark.parametrize("field", sorted(envelope._V2_FIELDS))
+def test_any_value_in_any_v2_field_is_refused_or_fails_authentication(field: str) -> None:
+    """Changing one field of a sealed envelope must never give names: parse refuses the
+    value, or KMS or AES-GCM refuses the changed envelope."""
+    kms = FakeDataKeys()
+    for value in WRONG_VALUES:
+        document = sealed(kms)
+        document[field] = value
+        _refused_or_unopenable(json.dumps(document).encode(), kms)
+
+
+@pytest.mark.parametrize("field", ["data-key-ciphertext-base64", "aes-ciphertext-base64"])
+def test_any_value_in_any_fernet_field_is_refused_or_fails_authentication(field: str) -> None:
+    kms = FakeDataKeys()
+    for value in WRONG_VALUES:
+        document = json.loads(_fernet_document(kms))
+        document[field] = value
+        _refused_or_unopenable(json.dumps(document).encode(), kms)
+
+
+def test_the_largest_serial_round_trips_and_sealing_refuses_a_larger_one() -> None:
+    kms = FakeDataKeys()
+    document = envelope.seal_v2(NAMES, kms, "k", serial=envelope.MAX_COUNT)
+    assert envelope.parse(document).serial == 2**53 - 1
+    for bad in (envelope.MAX_COUNT + 1, -1):
+        with pytest.raises(EnvelopeError, match=r"serial must be an integer in 0\.\."):
+            envelope.seal_v2(NAMES, kms, "k", serial=bad)
+
+
+def test_a_failure_no_check_foresaw_in_parse_is_an_envelope_error_naming_only_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(value: dict[str, Any]) -> envelope.Envelope:
+        raise KeyError(MARKER)  # as a bug in a field check would
+
+    monkeypatch.setattr(envelope, "_parse_v2", broken)
+    message = _refusal(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=3))
+    assert "KeyError while parsing the envelope" in message
+
+
+def test_a_failure_no_check_foresaw_while_reading_names_is_an_envelope_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(plaintext: bytearray) -> Iterator[str]:
+        yield "first"
+        raise UnicodeError(NAMES[0])  # a foreign message quoting a listed name
+
+    monkeypatch.setattr(envelope, "_lines_then_wipe", broken)
+    kms = FakeDataKeys()
+    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    assert next(names) == "first"
+    with pytest.raises(EnvelopeError, match="UnicodeError while reading the") as caught:
+        next(names)
+    _assert_no_names(str(caught.value))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_the_decryptors_own_errors_pass_through_unchanged() -> None:
+    refusal = KMSError("AccessDeniedException", code="AccessDeniedException")
+
+    class Refusing:
+        def decrypt(self, ciphertext_blob: bytes, **_: object) -> bytes:
+            raise refusal
+
+    parsed = envelope.parse(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
+    with pytest.raises(KMSError) as caught:
+        envelope.decrypt(parsed, Refusing())
+    assert caught.value is refusal
+
+
+def test_a_data_key_that_is_not_bytes_is_an_envelope_error() -> None:
+    class Odd:
+        def decrypt(self, ciphertext_blob: bytes, **_: object) -> str:
+            return "k" * 32
+
+    parsed = envelope.parse(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
+    with pytest.raises(EnvelopeError, match="TypeError while decrypting the envelope"):
+        envelope.decrypt(parsed, Odd())  # type: ignore[arg-type]

@@ -8,17 +8,28 @@ lets exactly one exception type through (the module's, see :data:`TARGETS`); any
 a hang or a crash is a finding. Targets also check what a parser returns where there is an
 invariant (a framed request is complete; every answer is well-formed HTTP, never a 500).
 
+Random bytes are capped at :data:`MAX_RANDOM_BYTES` and byte mutations keep a seed's shape,
+so neither reaches a document nested 300,000 deep, a number of 5000 digits or a claimed
+length of 2**63. **Structured generators** (:func:`structured`) build those: deep nesting,
+huge numbers and lengths, long strings, valid prefixes with garbage tails, envelopes (v2 and
+fernet), credentials and manifests changed field by field, CBOR and COSE documents decoded
+from real ones, changed node by node and encoded again, and BER re-encoded from the CMS
+vectors with a node replaced, removed or repeated. A generator takes its decisions from a
+:class:`_Choices`, so hypothesis and atheris drive the same code.
+
 Two drivers share the targets:
 
 * **CI, hypothesis**: ``FUZZ_EXAMPLES`` inputs a target (default 300; a few seconds in all),
   half random bytes, half mutations (flips, splices, truncations) of seed inputs that are
   valid (published Nitro documents, aws-nitro-enclaves-sdk-c CMS vectors, our own envelopes
-  and requests). A longer run: ``FUZZ_EXAMPLES=200000 python3 -m pytest tests/test_fuzz.py``.
+  and requests), and ``STRUCTURED_EXAMPLES`` structured inputs for each target that has
+  generators. A longer run: ``FUZZ_EXAMPLES=200000 python3 -m pytest tests/test_fuzz.py``.
 * **atheris** (coverage-guided, libFuzzer), where it installs:
   ``python3 tests/test_fuzz.py TARGET -max_total_time=60`` (any libFuzzer flags), from a
-  corpus of the same seeds. ``test_atheris_driver_runs_a_target_to_completion`` runs every
-  target for ``ATHERIS_SMOKE_RUNS`` inputs in CI (atheris is in the ``dev`` extra on x86_64
-  Linux, where it has wheels; elsewhere the test is skipped).
+  corpus of the same seeds; ``TARGET+structured`` feeds libFuzzer's bytes to the target's
+  generators as their decisions instead. ``test_atheris_driver_runs_a_target_to_completion``
+  runs every target for ``ATHERIS_SMOKE_RUNS`` inputs in CI (atheris is in the ``dev`` extra
+  on x86_64 Linux, where it has wheels; elsewhere the test is skipped).
 """
 
 from __future__ import annotations
@@ -27,13 +38,14 @@ import functools
 import inspect
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 if __name__ == "__main__":  # run as a script (atheris): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,15 +55,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave import attestation, ber, cbor, cms, cose
+from enclave import attestation, ber, cbor, cms, cose, imds
+from enclave.ber import TLV
 from enclave.errors import EnclaveError
 from enclave.kms import DataKey
 from enclave.simulator.cms_writer import encode_enveloped_data
-from noflylist import envelope, http_framing, server
+from noflylist import attestation_endpoint, envelope, http_framing, server
 from noflylist.metrics import Metrics
 from noflylist.service import ListHolder
 from noflylist.sources import FileSource
 from tests.conftest import VECTORS
+from tests.support import ber_tree
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +73,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 #: Largest random input; seeds (Nitro documents are ~4.6 KB) are mutated at any size.
 MAX_RANDOM_BYTES = 512
+#: Structured inputs per target under hypothesis; each is one of the target's generators.
+STRUCTURED_EXAMPLES = int(os.environ.get("FUZZ_STRUCTURED_EXAMPLES", "200"))
 #: libFuzzer runs per target in CI's bounded atheris run (about 1.5 s a target here, most of
 #: it imports and seed loading).
 ATHERIS_SMOKE_RUNS = 3000
@@ -168,6 +184,19 @@ def fuzz_envelope(data: bytes) -> None:
     assert all(isinstance(name, str) and name.strip() for name in names)
 
 
+def fuzz_imds(data: bytes) -> None:
+    got = imds.parse_credentials_document(data, "role")
+    for value in (got.access_key_id, got.secret_access_key, got.session_token):
+        assert value and value.isascii() and value.isprintable() and " " not in value
+    assert got.expiration is not None and got.expiration.tzinfo is not None
+
+
+def fuzz_user_data(data: bytes) -> None:
+    served = attestation_endpoint.decode_user_data(data)
+    again = attestation_endpoint.encode_user_data(served)
+    assert attestation_endpoint.decode_user_data(again) == served  # what is read, round-trips
+
+
 def fuzz_http_framing(data: bytes) -> None:
     """Frame requests from ``data`` as the connection loop does; every one is whole."""
     framer = http_framing.RequestFramer()
@@ -224,6 +253,8 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[EnclaveError]]] = {
     "cose": (fuzz_cose, cose.COSEError),
     "attestation": (fuzz_attestation, attestation.AttestationError),
     "envelope": (fuzz_envelope, envelope.EnvelopeError),
+    "imds": (fuzz_imds, imds.ImdsError),
+    "user-data": (fuzz_user_data, attestation_endpoint.AttestationEndpointError),
     "http-framing": (fuzz_http_framing, http_framing.RequestError),
     "query": (fuzz_query, server.RequestRejected),
     "json-body": (fuzz_json_body, server.RequestRejected),
@@ -232,6 +263,12 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[EnclaveError]]] = {
 
 
 # -- seeds: valid inputs that mutations start from ----------------------------------------------
+
+_IMDS_DOCUMENT = json.dumps({
+    "Code": "Success", "LastUpdated": "2031-05-17T11:00:00Z", "Type": "AWS-HMAC",
+    "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "secretvalue", "Token": "tokenvalue",
+    "Expiration": "2031-05-17T13:00:00Z",
+}).encode()  # fmt: skip
 
 
 @functools.cache
@@ -259,6 +296,11 @@ def seeds(target: str) -> tuple[bytes, ...]:
             envelope.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),
             envelope.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),
         ),
+        "imds": (_IMDS_DOCUMENT,),
+        "user-data": tuple(
+            attestation_endpoint.encode_user_data(attestation_endpoint.ServedList(*fields))
+            for fields in ((bytes(range(32)), 7, "0.1.0"), (None, None, "0.1.0"))
+        ),
         "http-framing": requests,
         "query": (b"name=Big%20Bird", b"name=a&nom=b", b"name=%C3%A9+x&&a=b", b"x=%25"),
         "json-body": (b'{"names": ["Big Bird", "\\u00e9"]}', b' {"names":["a"]} '),
@@ -274,6 +316,327 @@ def run_once(target: str, data: bytes) -> None:
         function(data)
     except allowed:
         pass
+
+
+# -- structured inputs: the shapes random bytes and byte mutations cannot reach ----------------
+
+T = TypeVar("T")
+
+
+class _Choices(Protocol):
+    """Where a generator takes its decisions: hypothesis draws or libFuzzer's bytes."""
+
+    def integer(self, low: int, high: int) -> int: ...
+
+    def raw(self, max_size: int) -> bytes: ...
+
+
+class _Drawn:
+    """Decisions drawn by hypothesis, which can shrink them to a small failing example."""
+
+    def __init__(self, draw: Callable[[st.SearchStrategy[Any]], Any]) -> None:
+        self._draw = draw
+
+    def integer(self, low: int, high: int) -> int:
+        return int(self._draw(st.integers(low, high)))
+
+    def raw(self, max_size: int) -> bytes:
+        return bytes(self._draw(st.binary(max_size=max_size)))
+
+
+class _Provided:
+    """Decisions read from libFuzzer's bytes (atheris), so coverage steers them too."""
+
+    def __init__(self, data: bytes) -> None:
+        import atheris
+
+        self._provider = atheris.FuzzedDataProvider(data)
+
+    def integer(self, low: int, high: int) -> int:
+        return int(self._provider.ConsumeIntInRange(low, high))
+
+    def raw(self, max_size: int) -> bytes:
+        return bytes(self._provider.ConsumeBytes(self._provider.ConsumeIntInRange(0, max_size)))
+
+
+class _Seeded:
+    """Decisions from a seeded PRNG, for tests that check what the generators make."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def integer(self, low: int, high: int) -> int:
+        return self._random.randint(low, high)
+
+    def raw(self, max_size: int) -> bytes:
+        return self._random.randbytes(self._random.randint(0, max_size))
+
+
+def _pick(c: _Choices, options: Sequence[T]) -> T:
+    return options[c.integer(0, len(options) - 1)]
+
+
+#: Depths, digit counts and lengths come from these classes, each as likely as the others, so
+#: huge values come up as often as small ones. 300,000 levels is far past any recursion limit.
+_SIZE_CLASSES = ((0, 40), (41, 2_000), (2_001, 70_000), (70_001, 300_000))
+
+
+def _size(c: _Choices) -> int:
+    low, high = _pick(c, _SIZE_CLASSES)
+    return c.integer(low, high)
+
+
+_TAILS = (b"\x00", b"\xff", b"}", b"]", b",", b"x", b"\x80", b"\x00\x00", b"\xff" * 9, b" 1")
+
+
+def _prefix_with_tail(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    """A valid input, whole or cut anywhere, then garbage: bytes, a closer, or another input."""
+    seed = _pick(c, valid)
+    cut = len(seed) if c.integer(0, 1) else c.integer(0, len(seed))
+    tail = c.raw(32) if not c.integer(0, 3) else _pick(c, (*_TAILS, _pick(c, valid)))
+    return seed[:cut] + tail
+
+
+# JSON: envelopes, manifests, IMDS credentials.
+
+_JSON_ATOMS = (b"null", b"true", b"NaN", b"Infinity", b"-Infinity", b"[]", b"{}", b'""',
+               b"[1,]", b'{"a" 1}', b"tru", b"01", b"-", b"1e400", b"\"\\ud800\"")  # fmt: skip
+
+
+def _json_number(c: _Choices) -> bytes:
+    digits = b"9" * max(1, _size(c))
+    return _pick(c, (digits, b"-" + digits, b"0." + digits, b"1e" + digits, b"1e-" + digits,
+                     digits + b".5", b"-0", b"0x1F", b"+1"))  # fmt: skip
+
+
+def _json_string(c: _Choices) -> bytes:
+    unit = _pick(c, (b"a", b"\\u00e9", b"\\ud800", b'\\"', b"\\\\", "é".encode(), b"\x01",
+                     b"\xff", b"\\x", b"\n"))  # fmt: skip
+    return b'"' + unit * _size(c) + _pick(c, (b'"', b""))
+
+
+def _json_deep(c: _Choices) -> bytes:
+    depth = _size(c)
+    opener, closer = _pick(c, ((b"[", b"]"), (b'{"a":', b"}"), (b'{"names":[', b"]}"),
+                               (b"[1,", b"]")))  # fmt: skip
+    closed = depth if c.integer(0, 3) else c.integer(0, depth)  # sometimes left open
+    return opener * depth + _pick(c, (b"1", b'"x"', b"[]", b"null")) + closer * closed
+
+
+def _json_value(c: _Choices) -> bytes:
+    """The text of one hostile JSON value (or of something that is not JSON at all)."""
+    kind = c.integer(0, 5)
+    if kind == 0:
+        return _json_number(c)
+    if kind == 1:
+        return _json_string(c)
+    if kind in (2, 3):
+        return _pick(c, _JSON_ATOMS)
+    if kind == 4:
+        return _json_deep(c)
+    return c.raw(64)
+
+
+def _json_field_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    """A valid JSON object with one field removed, replaced, repeated, added, or a member of
+    its list or object value replaced; the new value is written in as raw JSON text."""
+    document: dict[str, Any] = json.loads(_pick(c, valid))
+    name = _pick(c, [*document, "extra", "format", "names"])
+    others = json.dumps({k: v for k, v in document.items() if k != name})[1:-1].encode()
+    action = c.integer(0, 3)
+    if action == 0:
+        return b"{" + others + b"}"
+    value = _json_value(c)
+    inner = document.get(name)
+    if action == 3 and isinstance(inner, list) and inner:
+        items = [json.dumps(item).encode() for item in inner]
+        items[c.integer(0, len(items) - 1)] = value
+        value = b"[" + b", ".join(items) + b"]"
+    elif action == 3 and isinstance(inner, dict):
+        opened = json.dumps(inner).encode()[:-1] + (b", " if inner else b"")
+        value = opened + b'"k": ' + value + b"}"
+    if action == 2:  # the field twice: its own value, then the new one
+        others = json.dumps(document)[1:-1].encode()
+    entry = json.dumps(name).encode() + b": " + value
+    return b"{" + others + (b", " if others else b"") + entry + b"}"
+
+
+# CBOR: Nitro documents, COSE_Sign1, user_data.
+
+_CBOR_POOL: tuple[cbor.CBORValue, ...] = (
+    None, True, False, 0, -1, 24, 2**64 - 1, -(2**64), b"", bytes(32), bytes(48), b"\x01" * 97,
+    "", "SHA384", "x" * 100, [], {}, [b"", {}, b"", b""], {1: -35}, {"a": 1},
+    cbor.Tag(18, []), cbor.Tag(2, b"\x01" * 40), cbor.Tag(24, b"\xa0"),
+)  # fmt: skip
+_CBOR_KEYS: tuple[cbor.CBORValue, ...] = ("extra", 0, -1, 1, 4, "nonce", "public_key", b"k", True)
+
+
+def _cbor_value(c: _Choices) -> cbor.CBORValue:
+    kind = c.integer(0, 3)
+    if kind == 0:
+        return _pick(c, _CBOR_POOL)
+    if kind == 1:
+        return b"\x01" * _size(c)
+    if kind == 2:
+        return "é" * _size(c)
+    nested: list[cbor.CBORValue] = []
+    for _ in range(c.integer(1, 31)):
+        nested = [nested]
+    return nested
+
+
+def _mutate_cbor(c: _Choices, value: cbor.CBORValue, depth: int) -> cbor.CBORValue:
+    """``value`` with one node inside replaced, or a list item or map entry removed or added.
+    Byte strings that hold CBOR (COSE's protected header and payload) may be entered. Going
+    deeper is the likeliest step, so the edits reach the fields of an attestation payload."""
+    step = c.integer(0, 7)
+    if step == 0 or depth > 12:
+        return _cbor_value(c)
+    if isinstance(value, list) and value:
+        items = list(value)
+        at = c.integer(0, len(items) - 1)
+        if step == 1:
+            del items[at]
+        else:
+            items[at] = _mutate_cbor(c, items[at], depth + 1)
+        return items
+    if isinstance(value, dict) and value:
+        entries = dict(value)
+        key = _pick(c, list(entries))
+        if step == 1:
+            del entries[key]
+        elif step == 2 and c.integer(0, 1):
+            entries[_pick(c, _CBOR_KEYS)] = _cbor_value(c)
+        else:
+            entries[key] = _mutate_cbor(c, entries[key], depth + 1)
+        return entries
+    if isinstance(value, cbor.Tag):
+        return cbor.Tag(value.number, _mutate_cbor(c, value.value, depth + 1))
+    if isinstance(value, bytes) and value and step > 1:
+        try:
+            return cbor.encode(_mutate_cbor(c, cbor.decode(value), depth + 1))
+        except cbor.CBORError:
+            pass
+    return _cbor_value(c)
+
+
+def _cbor_tree_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    original = _pick(c, valid)
+    try:
+        return cbor.encode(_mutate_cbor(c, cbor.decode(original), 1))
+    except cbor.CBORError:  # nested deeper than the encoder writes: _cbor_raw makes those
+        return original
+
+
+def _payload_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    """A Nitro document whose payload map (step 2's fields) is changed and encoded again."""
+    original = _pick(c, valid)
+    parts = cbor.decode(original)
+    assert isinstance(parts, list) and isinstance(parts[2], bytes)
+    try:
+        payload = cbor.encode(_mutate_cbor(c, cbor.decode(parts[2]), 2))
+        return cbor.encode([*parts[:2], payload, *parts[3:]])
+    except cbor.CBORError:
+        return original
+
+
+def _cbor_raw(c: _Choices) -> bytes:
+    """CBOR our encoder never writes: deep nesting, 64-bit arguments, long or lying lengths."""
+    kind = c.integer(0, 3)
+    if kind == 0:
+        opener = _pick(c, (b"\x81", b"\x9f", b"\xa1\x00", b"\xc6", b"\xa1\x61a", b"\x82\x00"))
+        return opener * _size(c) + _pick(c, (b"\x00", b"", b"\xff"))
+    if kind == 1:
+        initial = c.integer(0, 7) << 5 | _pick(c, (24, 25, 26, 27, 28, 31))
+        return bytes([initial]) + c.raw(8) + c.raw(16)
+    if kind == 2:
+        claimed = _size(c)
+        actual = claimed if c.integer(0, 1) else c.integer(0, claimed)
+        unit = _pick(c, (b"a", b"\xff", "é".encode()))
+        head = bytes([_pick(c, (0x5A, 0x7A))]) + claimed.to_bytes(4, "big")
+        return head + (unit * actual)[:actual]
+    return bytes([_pick(c, (0x5F, 0x7F))]) + _pick(c, (b"\x41a", b"\x61a", b"\x5f")) * _size(c)
+
+
+# BER: CMS EnvelopedData.
+
+
+def _ber_node(c: _Choices) -> TLV:
+    kind = c.integer(0, 3)
+    if kind == 0:
+        return _pick(c, ber_tree.KINDS)
+    if kind == 1:  # a huge INTEGER, a long OCTET STRING, a long OID
+        return TLV(0, False, _pick(c, (2, 4, 6)), b"\x7f" + b"\xff" * _size(c))
+    if kind == 2:
+        node = TLV(0, True, 16, None, ())
+        for _ in range(c.integer(1, 60)):
+            node = TLV(0, True, _pick(c, (16, 17, 4)), None, (node,))
+        return node
+    constructed = bool(c.integer(0, 1))
+    return TLV(c.integer(0, 3), constructed, c.integer(0, 30), None if constructed else c.raw(48))
+
+
+def _ber_tree_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    """A valid CMS blob with one node replaced, removed, repeated or given other content,
+    encoded again (definite lengths), so the edit reaches the CMS structure checks."""
+    tree = ber.decode(_pick(c, valid))
+    path = _pick(c, list(ber_tree.paths(tree)))
+    action = c.integer(0, 3) if path else 0
+    if action == 0:
+        tree = ber_tree.replace(tree, path, _ber_node(c))
+    elif action == 1:
+        tree = ber_tree.replace(tree, path, None)
+    elif action == 2:
+        tree = ber_tree.duplicate(tree, path)
+    else:
+        node = ber_tree.node(tree, path)
+        content = None if node.constructed else c.raw(64)
+        tree = ber_tree.replace(tree, path, TLV(node.tag_class, node.constructed,
+                                                node.tag_number, content, ()))  # fmt: skip
+    return ber_tree.encode(tree)
+
+
+def _ber_raw(c: _Choices) -> bytes:
+    """BER the tree encoder never writes: deep indefinite nesting, wide or lying lengths."""
+    kind = c.integer(0, 2)
+    if kind == 0:
+        depth = _size(c)
+        opener = _pick(c, (b"\x30\x80", b"\x24\x80", b"\xa0\x80", b"\x30\x84\x7f\xff\xff\xff"))
+        return opener * depth + b"\x00\x00" * (depth if c.integer(0, 1) else c.integer(0, depth))
+    if kind == 1:
+        width = c.integer(1, 8)
+        return _pick(c, (b"\x04", b"\x30", b"\x02", b"\x06")) + bytes([0x80 | width]) + c.raw(40)
+    return ber_tree.encode(TLV(0, False, _pick(c, (2, 4, 6)), c.raw(8) * _size(c)))
+
+
+def _generators(target: str) -> tuple[Callable[[_Choices], bytes], ...]:
+    """The structured generators that fit ``target``; none for the HTTP framing targets,
+    whose inputs random bytes and the request seeds already shape."""
+    valid = seeds(target)
+    tail: Callable[[_Choices], bytes] = functools.partial(_prefix_with_tail, valid=valid)
+    if target in ("envelope", "json-body", "imds"):
+        fields: Callable[[_Choices], bytes] = functools.partial(_json_field_mutant, valid=valid)
+        return (_json_value, fields, fields, tail)
+    if target in ("cbor", "cose", "attestation", "user-data"):
+        tree: Callable[[_Choices], bytes] = functools.partial(_cbor_tree_mutant, valid=valid)
+        if target == "attestation":
+            payload = functools.partial(_payload_mutant, valid=valid)
+            return (_cbor_raw, tree, payload, payload, payload, tail)
+        return (_cbor_raw, tree, tree, tail)
+    if target in ("ber", "cms-parse", "cms-decrypt"):
+        edits: Callable[[_Choices], bytes] = functools.partial(_ber_tree_mutant, valid=valid)
+        return (_ber_raw, edits, edits, tail)
+    return ()
+
+
+#: The targets that have structured generators.
+STRUCTURED = ("attestation", "ber", "cbor", "cms-decrypt", "cms-parse", "cose", "envelope",
+              "imds", "json-body", "user-data")  # fmt: skip
+
+
+def structured(target: str, c: _Choices) -> bytes:
+    """One structured input for ``target``, made by one of its generators."""
+    return _pick(c, _generators(target))(c)
 
 
 # -- driver 1: hypothesis ----------------------------------------------------------------------
@@ -323,6 +686,50 @@ def test_fuzzed_input_raises_only_the_modules_own_error(target: str) -> None:
     assert executions >= min(FUZZ_EXAMPLES, 50)
 
 
+@pytest.mark.parametrize("target", STRUCTURED)
+def test_structured_input_raises_only_the_modules_own_error(target: str) -> None:
+    executions = 0
+
+    @settings(max_examples=STRUCTURED_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(data=st.data())
+    def run(data: st.DataObject) -> None:
+        nonlocal executions
+        executions += 1
+        run_once(target, structured(target, _Drawn(data.draw)))
+
+    run()
+    assert executions >= min(STRUCTURED_EXAMPLES, 50)
+
+
+def test_structured_targets_are_those_with_generators() -> None:
+    assert tuple(sorted(t for t in TARGETS if _generators(t))) == STRUCTURED
+
+
+@pytest.mark.parametrize("target", STRUCTURED)
+def test_structured_generators_make_inputs_random_bytes_cannot(target: str) -> None:
+    """Among 300 inputs: some far longer than random bytes get, and refusals for deep
+    nesting, huge numbers, garbage after a valid prefix and (attestation) every step."""
+    inputs = [structured(target, _Seeded(seed)) for seed in range(300)]
+    assert max(map(len, inputs)) > 100 * MAX_RANDOM_BYTES
+    function, allowed = TARGETS[target]
+    refusals = set()
+    for data in inputs:
+        try:
+            function(data)
+        except allowed as exc:
+            refusals.add(str(exc))
+    wanted = {"envelope": ("nested more than", "more than 32 characters", "repeated key",
+                           "Extra data", "not UTF-8", "lacks field", "unknown field"),
+              "json-body": ("nested more than", "more than 32 characters", "Extra data"),
+              "imds": ("nested more than", "more than 32 characters", "Extra data"),
+              "cbor": ("nesting deeper", "trailing bytes", "truncated"),
+              "ber": ("nesting deeper", "trailing byte", "claims"),
+              "attestation": ("step 1", "step 2", "step 3", "step 4")}  # fmt: skip
+    for words in wanted.get(target, ()):
+        assert any(words in refusal for refusal in refusals), words
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_seed_passes_its_target(target: str) -> None:
     """The seeds are valid inputs, so mutations start from deep inside each parser."""
@@ -358,26 +765,33 @@ def _instrument_project_code(instrument: Callable[[Any], Any]) -> int:
 def _atheris_main(argv: list[str]) -> None:
     import atheris
 
-    if len(argv) < 2 or argv[1] not in TARGETS:
+    if len(argv) < 2 or argv[1] not in ATHERIS_TARGETS:
         raise SystemExit(f"usage: {argv[0]} TARGET [libFuzzer flags]; TARGET is one of "
-                         f"{', '.join(TARGETS)}")  # fmt: skip
-    target = argv[1]
+                         f"{', '.join(ATHERIS_TARGETS)}")  # fmt: skip
+    target, _, mode = argv[1].partition("+")
     corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
-    for number, seed in enumerate(seeds(target)):
-        (corpus / f"seed-{number}").write_bytes(seed)
+    if not mode:  # structured targets read decisions, not documents: no seeds to start from
+        for number, seed in enumerate(seeds(target)):
+            (corpus / f"seed-{number}").write_bytes(seed)
     _app()  # build the list before instrumenting, so start-up is not fuzzed
+    _generators(target)  # load the seeds, too
     _instrument_project_code(atheris.instrument_func)
 
     def one_input(data: bytes) -> None:
-        run_once(target, data)
+        run_once(target, structured(target, _Provided(data)) if mode else data)
 
     # libFuzzer prints "Done N runs in S second(s)" when a -runs or -max_total_time ends.
     atheris.Setup([argv[0], *argv[2:], str(corpus)], one_input)
     atheris.Fuzz()
 
 
+#: What the atheris driver runs: every target on raw bytes, and ``T+structured`` for each
+#: target T that has generators.
+ATHERIS_TARGETS = (*sorted(TARGETS), *(f"{target}+structured" for target in STRUCTURED))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("target", ATHERIS_TARGETS)
 def test_atheris_driver_runs_a_target_to_completion(target: str) -> None:
     pytest.importorskip("atheris")
     completed = subprocess.run(
