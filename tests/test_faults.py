@@ -712,3 +712,44 @@ def test_refresh_loop_through_a_storm_of_faults_never_stops_answering_correctly(
     assert answers > 100
     assert holder.current is not None and holder.current.serial == 2
     assert holder._metrics.events(LOADS, "failed") >= 3
+
+
+def test_refresh_loop_polls_through_hostile_envelopes_then_serves_the_next_list(
+    s3: FaultyS3, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM
+) -> None:
+    """Polling every 20 ms, the loop meets envelopes that broke the first release's parser
+    with foreign exceptions (deep nesting: RecursionError; a huge serial: ValueError) and
+    plain broken ones: it keeps the old list, counts them, and serves the next valid one."""
+    valid = json.loads(sealed(keys, NEW_LIST, 2))
+    huge_serial = json.dumps(dict(valid, serial="SERIAL")).replace('"SERIAL"', "9" * 5000)
+    hostile = [b"[" * 100_000, huge_serial.encode(), b"not JSON", sealed(keys, NEW_LIST, 2)[:99]]
+    s3.versions = [sealed(keys, OLD_LIST, 1)]
+    holder = holder_for(s3_source(s3), kms, nsm)
+    holder.reload(only_if_changed=False)
+    stop, wake = threading.Event(), threading.Event()
+    loop = threading.Thread(target=refresh_loop, args=(holder, 0.02, stop, wake), daemon=True)
+    loop.start()
+
+    def wait_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10.0
+        while not condition():
+            assert time.monotonic() < deadline and loop.is_alive(), "the refresh loop stopped"
+            time.sleep(0.01)
+
+    try:
+        for body in hostile:
+            failed, gets = holder._metrics.events(LOADS, "failed"), s3.gets
+            s3.versions = [body]
+            # Two GETs after the change: at least one whole attempt has seen this body.
+            wait_until(lambda g=gets, f=failed: s3.gets >= g + 2
+                       and holder._metrics.events(LOADS, "failed") >= f + 2)  # fmt: skip
+            assert serves(holder, OLD_LIST, NEW_LIST)
+        s3.versions = [sealed(keys, NEW_LIST, 2)]
+        wait_until(lambda: holder.current is not None and holder.current.serial == 2)
+        assert serves(holder, NEW_LIST, OLD_LIST)
+    finally:
+        stop.set()
+        wake.set()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert holder.status.outcome in ("loaded", "unchanged") and holder.last_error is None
