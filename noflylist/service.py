@@ -37,6 +37,7 @@ which may quote the input; the caller gets a :class:`LoadError`. The loops that 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import threading
@@ -83,6 +84,24 @@ Opener = Callable[[], "tuple[Source, envelope.DataKeyDecryptor]"]
 
 
 @dataclass(frozen=True)
+class ListInService:
+    """One loaded list. Nothing here is secret: the table holds only keyed digests."""
+
+    table: ScreeningTable
+    serial: int
+    format: str
+    envelope_sha256: bytes
+    loaded_at: float
+    #: The source's version of the envelope in service (ETag, digest): polls ask for changes
+    #: relative to it, so an envelope that failed to load is tried again at the next poll.
+    source_version: str = ""
+
+    @property
+    def entries(self) -> int:
+        return len(self.table)
+
+
+@dataclass(frozen=True)
 class LoadStatus:
     """A snapshot of the load state, replaced whole after each attempt: what ``/readyz``
     shows. Times are Unix times for display, with monotonic twins for ages, so a step of
@@ -115,58 +134,37 @@ class LoadStatus:
 def where_raised(exc: BaseException) -> str:
     """``RecursionError at json/decoder.py:353 (from noflylist/envelope.py:122)``.
 
-    The exception's type, the innermost place it passed through and, if that is outside
-    this project, the innermost place inside it. Never the message: a foreign exception's
-    message can quote the input (``invalid literal for int(): 'Big Bird'``). The frames are
-    walked, not formatted, so no source line is read and no local is touched.
+    The exception's type, the innermost place it passed through and, if that is not in
+    this project's folder, the innermost place that is. Never the message: a foreign
+    exception's message can quote the input (``invalid literal for int(): 'Big Bird'``).
+    The frames are walked, not formatted, so no source line is read and no local touched.
+    (Installed, the project's folder is site-packages, shared with other packages: the
+    second place is a hint for finding the bug, nothing more.)
     """
     places = [
-        (Path(frame.f_code.co_filename), lineno)
+        (frame.f_code.co_filename, lineno)
         for frame, lineno in traceback.walk_tb(exc.__traceback__)
     ]
     text = type(exc).__name__
     if not places:
         return text
-
-    def shown(place: tuple[Path, int]) -> str:
-        path, lineno = place
-        try:
-            name = path.resolve().relative_to(_PROJECT_ROOT).as_posix()
-        except ValueError:
-            name = "/".join(path.parts[-2:])
-        return f"{name}:{lineno}"
-
-    def ours(place: tuple[Path, int]) -> bool:
-        try:
-            place[0].resolve().relative_to(_PROJECT_ROOT)
-        except ValueError:
-            return False
-        return True
-
-    text += f" at {shown(places[-1])}"
-    if not ours(places[-1]):
-        inside = [place for place in places if ours(place)]
+    filename, lineno = places[-1]
+    ours = _project_path(filename)
+    text += f" at {ours or '/'.join(Path(filename).parts[-2:])}:{lineno}"
+    if ours is None:
+        inside = [(path, n) for f, n in places if (path := _project_path(f)) is not None]
         if inside:
-            text += f" (from {shown(inside[-1])})"
+            text += " (from {}:{})".format(*inside[-1])
     return text
 
 
-@dataclass(frozen=True)
-class ListInService:
-    """One loaded list. Nothing here is secret: the table holds only keyed digests."""
-
-    table: ScreeningTable
-    serial: int
-    format: str
-    envelope_sha256: bytes
-    loaded_at: float
-    #: The source's version of the envelope in service (ETag, digest): polls ask for changes
-    #: relative to it, so an envelope that failed to load is tried again at the next poll.
-    source_version: str = ""
-
-    @property
-    def entries(self) -> int:
-        return len(self.table)
+@functools.lru_cache(maxsize=256)
+def _project_path(filename: str) -> str | None:
+    """``noflylist/envelope.py`` for a file in the project's folder, else None."""
+    try:
+        return Path(filename).resolve().relative_to(_PROJECT_ROOT).as_posix()
+    except ValueError:
+        return None
 
 
 class ListHolder:
