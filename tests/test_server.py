@@ -11,8 +11,8 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import re
 import logging
+import re
 import secrets
 import socket
 import ssl
