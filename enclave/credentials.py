@@ -85,8 +85,11 @@ class CredentialProvider:
     REFRESH_AHEAD (several minutes) before they expire.
 
     The environment is read once, here, as start-up configuration should be. Nothing is
-    fetched until the first :meth:`get`. ``clock`` must return an aware UTC time; tests
-    inject one to move through a credentials lifetime without waiting.
+    fetched until the first :meth:`get`. There is no refresh thread: a refresh happens in
+    the thread that calls :meth:`get` (in ``serve``, the loader's, inside a load that it
+    supervises), so a failure reaches a caller that counts and reports it. ``clock`` must
+    return an aware UTC time; tests inject one to move through a credentials lifetime
+    without waiting.
     """
 
     def __init__(

@@ -17,7 +17,11 @@ before it is safe:
 
 Both loops are supervised (see :mod:`noflylist.service`): an exception of any type is
 counted as a failed load and the loop goes on; a loop that ends anyway makes ``/readyz``
-answer 503, since no list will be loaded again.
+answer 503, since no list will be loaded again. There is no third loop for the
+credentials: :class:`~enclave.credentials.CredentialProvider` fetches and refreshes them
+lazily, inside the KMS and S3 calls a load makes, so in the loader thread and under the
+same supervision (a refresh that fails while the keys in hand are still valid keeps them;
+one that leaves none is a failed load, counted and shown, retried by the next attempt).
 """
 
 from __future__ import annotations
