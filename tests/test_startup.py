@@ -153,6 +153,53 @@ def test_serve_without_aws_region_answers_503_with_the_reason_until_imds_answers
     assert "retrying the first load" in caplog.text
 
 
+def test_the_first_load_loop_survives_an_exception_that_escapes_reload_and_counts_it(
+    kms: FaultyKMS, envelope_file: Path, ca: SimulatedCA, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A bug outside the holder's own boundary, before any list is in service: the first
+    load's loop counts it as a failed load, shows its type and place (never its message) in
+    ``/readyz``, and tries again until the list is served."""
+    monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
+    environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIDSTARTUPTEST",
+               "AWS_SECRET_ACCESS_KEY": "s" * 40, "AWS_ENDPOINT_URL_KMS": kms.url}  # fmt: skip
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+                         refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
+    service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
+    real_reload = service.holder.reload
+    escapes = [RuntimeError(f"cannot load {LISTED[1]}"), RecursionError(LISTED[1])]
+    release = threading.Event()
+
+    def reload(*, only_if_changed: bool) -> bool:
+        if escapes:
+            raise escapes.pop(0)
+        release.wait(timeout=20)  # until /readyz has been read with both failures counted
+        return real_reload(only_if_changed=only_if_changed)
+
+    monkeypatch.setattr(service.holder, "reload", reload)
+    runner = threading.Thread(target=service.run, daemon=True)
+    with caplog.at_level(logging.INFO):
+        runner.start()
+        base = "http://{}:{}".format(*service.address)
+        try:
+            wait_until(lambda: service.metrics.events(LOADS, "failed") == 2, "two failures")
+            status, ready = get(base + "/readyz")
+            assert status == 503, ready
+            assert ready.startswith("not ready: unexpected RecursionError at "), ready
+            assert "in the first load (a bug" in ready and LISTED[1] not in ready
+            assert re.search(r"^last load: failed at \S+, 2 in a row; last success never$",
+                             ready, re.M), ready  # fmt: skip
+            release.set()
+            wait_ready(base)
+            assert "CAN NOT BOARD" in ask(base, LISTED[1])
+        finally:
+            release.set()
+            service.stop()
+            runner.join(timeout=20)
+    assert not runner.is_alive()
+    assert "unexpected RuntimeError at " in caplog.text and LISTED[1] not in caplog.text
+
+
 class _RecordingEvent(threading.Event):
     """An event that remembers how long each wait on it was to last."""
 
