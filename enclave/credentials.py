@@ -33,7 +33,14 @@ from enclave.errors import EnclaveError
 # Defined and used in enclave.imds; importable from here as before.
 from enclave.imds import DEFAULT_IMDS_ENDPOINT as DEFAULT_IMDS_ENDPOINT
 
-__all__ = ["REFRESH_AHEAD", "CredentialProvider", "CredentialsError", "resolve_region"]
+__all__ = [
+    "REFRESH_AHEAD",
+    "CredentialProvider",
+    "CredentialsError",
+    "region_from_environment",
+    "region_from_imds",
+    "resolve_region",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -78,8 +85,11 @@ class CredentialProvider:
     REFRESH_AHEAD (several minutes) before they expire.
 
     The environment is read once, here, as start-up configuration should be. Nothing is
-    fetched until the first :meth:`get`. ``clock`` must return an aware UTC time; tests
-    inject one to move through a credentials lifetime without waiting.
+    fetched until the first :meth:`get`. There is no refresh thread: a refresh happens in
+    the thread that calls :meth:`get` (in ``serve``, the loader's, inside a load that it
+    supervises), so a failure reaches a caller that counts and reports it. ``clock`` must
+    return an aware UTC time; tests inject one to move through a credentials lifetime
+    without waiting.
     """
 
     def __init__(
@@ -172,7 +182,20 @@ def resolve_region(environ: Mapping[str, str] | None = None) -> str:
     """AWS_REGION, then AWS_DEFAULT_REGION, then IMDS placement/region.
 
     The region becomes part of host names (``kms.<region>.amazonaws.com``), so whatever
-    the source, it must look like a region name.
+    the source, it must look like a region name. A long-running service calls the two
+    halves apart (:func:`region_from_environment` at start, :func:`region_from_imds` in its
+    retried start-up path); a one-shot command such as ``seal`` calls this.
+    """
+    return region_from_environment(environ) or region_from_imds(environ)
+
+
+def region_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """AWS_REGION, then AWS_DEFAULT_REGION; ``None`` when both are unset and IMDS is to be
+    asked.
+
+    Raises only for what no retry can fix, naming the variable: a value that is not a
+    region name, no region with AWS_EC2_METADATA_DISABLED=true, or a malformed
+    AWS_EC2_METADATA_SERVICE_ENDPOINT. Asks nobody, so it is safe to call at start-up.
     """
     env = os.environ if environ is None else environ
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
@@ -186,9 +209,27 @@ def resolve_region(environ: Mapping[str, str] | None = None) -> str:
             "set AWS_REGION to the region of the KMS key"
         )
     with _imds_failures_as_credentials_errors():
-        endpoint = imds.endpoint_from_environment(env)
-        region = _imds_client(endpoint, imds.proxy_variables(env)).region()
-    return _checked_region(region, "IMDS placement/region")
+        imds.endpoint_from_environment(env)
+    return None
+
+
+def region_from_imds(environ: Mapping[str, str] | None = None) -> str:
+    """The instance's region from IMDS placement/region (IMDSv2).
+
+    Every failure is one a later attempt may not meet (IMDS not reachable yet, a refused
+    token, an answer that is not a region name), so callers that can wait retry it.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        with _imds_failures_as_credentials_errors():
+            endpoint = imds.endpoint_from_environment(env)
+            region = _imds_client(endpoint, imds.proxy_variables(env)).region()
+        return _checked_region(region, "IMDS placement/region")
+    except CredentialsError as exc:
+        raise CredentialsError(
+            "no AWS region yet: AWS_REGION is unset, and asking the instance metadata "
+            f"service failed: {exc}"
+        ) from None
 
 
 # -- environment ------------------------------------------------------------------------

@@ -3,12 +3,25 @@
 Start-up order, chosen so the service is observable before it is useful and never useful
 before it is safe:
 
-1. choose the attestation mode (no silent fallback) and open the NSM;
+1. check the configuration (a malformed value exits at once, naming its variable: no
+   retry can fix it), choose the attestation mode (no silent fallback) and open the NSM;
 2. start the HTTP server: ``/healthz`` answers at once, screening answers 503 and
    ``/readyz`` says why until a list is loaded;
-3. load the list in the background, retrying with backoff until it succeeds;
+3. load the list in the background, retrying with backoff until it succeeds. The first
+   attempts also find what the service may have to ask for: the AWS region from the
+   instance metadata service when ``AWS_REGION`` is unset (at an enclave's boot the way to
+   it through the parent may not be up yet), then the credentials; the KMS client and an
+   S3 source are made once the region is known;
 4. then poll the source every ``--refresh-interval`` seconds; ``SIGHUP`` reloads at once;
 5. ``SIGTERM`` or ``SIGINT`` stops accepting, drains in-flight requests and exits.
+
+Both loops are supervised (see :mod:`noflylist.service`): an exception of any type is
+counted as a failed load and the loop goes on; a loop that ends anyway makes ``/readyz``
+answer 503, since no list will be loaded again. There is no third loop for the
+credentials: :class:`~enclave.credentials.CredentialProvider` fetches and refreshes them
+lazily, inside the KMS and S3 calls a load makes, so in the loader thread and under the
+same supervision (a refresh that fails while the keys in hand are still valid keeps them;
+one that leaves none is a failed load, counted and shown, retried by the next attempt).
 """
 
 from __future__ import annotations
@@ -20,8 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from enclave.attested import make_decryptor, open_module
-from enclave.credentials import CredentialProvider, resolve_region
+from enclave.attested import Decryptor, make_decryptor, open_module
+from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient
 from enclave.nsm import SecureModule
@@ -31,12 +44,13 @@ from noflylist.config import ServeConfig
 from noflylist.metrics import Metrics
 from noflylist.server import RouteHandler, Server
 from noflylist.service import ListHolder, refresh_loop
-from noflylist.sources import open_source
+from noflylist.sources import Source, check_location, open_source
 
 log = logging.getLogger(__name__)
 
-#: Pause between attempts at the first load, doubling up to the ceiling: KMS or S3 may be
-#: briefly unreachable while an instance boots, and a crash loop would only hide the cause.
+#: Pause between attempts at the first load, doubling up to the ceiling: IMDS, KMS or S3 may
+#: be briefly unreachable while an instance boots, and a crash loop would only hide the
+#: cause (and, in an enclave, an exited service ends the enclave).
 FIRST_LOAD_RETRY = 2.0
 FIRST_LOAD_RETRY_MAX = 60.0
 
@@ -55,7 +69,11 @@ def load_simulated_module(state: str) -> SecureModule:
 
 
 class Service:
-    """The running service; :meth:`stop` may be called from any thread or signal handler."""
+    """The running service; :meth:`stop` may be called from any thread or signal handler.
+
+    The constructor checks everything that needs no network and raises for what no retry
+    can fix; what has to be asked for (the region from IMDS) is asked by the first load.
+    """
 
     def __init__(
         self,
@@ -65,27 +83,28 @@ class Service:
         simulated_module: SecureModule | None = None,
     ) -> None:
         self.config = config
-        credentials = CredentialProvider(environ)
-        region = resolve_region(environ)
-        self.kms = KMSClient(region, credentials, environ=environ)
+        self._environ = environ
+        self._credentials = CredentialProvider(environ)
+        self._region = region_from_environment(environ)  # None: ask IMDS at the first load
+        check_location(config.envelope)
         if config.attestation == "simulated" and simulated_module is None:
             assert config.simulator_state is not None  # checked by build_serve_config
             simulated_module = load_simulated_module(config.simulator_state)
-        module = open_module(config.attestation, simulated_module=simulated_module)
-        decryptor = make_decryptor(config.attestation, self.kms, module)
+        self._module = open_module(config.attestation, simulated_module=simulated_module)
+        #: Made by the first load, once the region is known.
+        self.kms: KMSClient | None = None
         self.metrics = Metrics()
         self.metrics.gauges["noflylist_kms_calls"] = (
             "KMS API calls made by this process.",
-            lambda: float(self.kms.calls),
+            lambda: float(self.kms.calls if self.kms else 0),
         )
         self.metrics.gauges["noflylist_kms_errors"] = (
             "KMS API calls that failed (after retries).",
-            lambda: float(self.kms.errors),
+            lambda: float(self.kms.errors if self.kms else 0),
         )
-        source = open_source(
-            config.envelope, region=region, credentials=credentials, environ=environ
+        self.holder = ListHolder(
+            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open
         )
-        self.holder = ListHolder(source, decryptor, self.metrics, pinned_key_id=config.key_id)
         self.server = Server(
             self.holder,
             self.metrics,
@@ -93,17 +112,15 @@ class Service:
             port=config.port,
             workers=config.workers,
             log_format=config.log_format,
-            extra_routes=_attestation_routes(module, self.holder, config.attestation),
+            extra_routes=_attestation_routes(self._module, self.holder, config.attestation),
         )
         self._stop = threading.Event()
         self._wake = threading.Event()
         log.info(
-            "noflylist: attestation %s, envelope %s, KMS %s (%s), credentials from %s",
-            decryptor.mode,
-            source.description,
-            self.kms.endpoint,
-            region,
-            credentials.source,
+            "noflylist: starting; attestation %s, region %s, credentials from %s",
+            config.attestation,
+            self._region or "from IMDS at the first load",
+            self._credentials.source,
         )
 
     @property
@@ -116,7 +133,7 @@ class Service:
         server_thread.start()
         host, port = self.address
         log.info("listening on http://%s:%d", host, port)
-        loader = threading.Thread(target=self._load_then_refresh, name="loader", daemon=True)
+        loader = threading.Thread(target=self._supervised_loader, name="loader", daemon=True)
         loader.start()
         self._stop.wait()
         log.info("stopping: draining in-flight requests")
@@ -144,18 +161,59 @@ class Service:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
 
+    def _open(self) -> tuple[Source, Decryptor]:
+        """The holder's opener: the region (from IMDS if need be), then the KMS client, the
+        decryptor and the source. Called by each load until it succeeds once."""
+        region = self._region or region_from_imds(self._environ)
+        kms = KMSClient(region, self._credentials, environ=self._environ)
+        decryptor = make_decryptor(self.config.attestation, kms, self._module)
+        source = open_source(
+            self.config.envelope, region=region, credentials=self._credentials,
+            environ=self._environ,
+        )  # fmt: skip
+        self._region, self.kms = region, kms
+        log.info(
+            "noflylist: attestation %s, envelope %s, KMS %s (%s), credentials from %s",
+            decryptor.mode,
+            source.description,
+            kms.endpoint,
+            region,
+            self._credentials.source,
+        )
+        return source, decryptor
+
+    def _supervised_loader(self) -> None:
+        """The loader thread. Its loops survive any exception; if they end all the same
+        while the service runs, that is a bug, and the holder is told so that ``/readyz``
+        and ``/metrics`` show it."""
+        try:
+            self._load_then_refresh()
+        except BaseException as exc:  # reported, not re-raised: its message may quote data
+            self.holder.note_loader_stopped("the loader thread", exc)
+            return
+        if not self._stop.is_set():
+            self.holder.note_loader_stopped("the loader thread", None)
+
     def _load_then_refresh(self) -> None:
         pause = FIRST_LOAD_RETRY
         while not self._stop.is_set():
-            try:
-                self.holder.reload(only_if_changed=False)
+            if self._first_load():
                 break
-            except EnclaveError:
-                log.info("retrying the first load in %.0f s", pause)  # cause logged already
+            log.info("retrying the first load in %.0f s", pause)  # cause logged already
             if self._wake.wait(timeout=pause):
                 self._wake.clear()
             pause = min(pause * 2, FIRST_LOAD_RETRY_MAX)
         refresh_loop(self.holder, self.config.refresh_interval, self._stop, self._wake)
+
+    def _first_load(self) -> bool:
+        """One attempt at the first load; ``True`` once a list is in service."""
+        try:
+            return self.holder.reload(only_if_changed=False)
+        except EnclaveError:
+            return False  # logged and counted by the holder
+        except Exception as exc:  # a bug outside reload's own boundary: count it, go on
+            self.holder.note_loop_failure(exc, "the first load")
+            return False
 
 
 def _attestation_routes(

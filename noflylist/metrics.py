@@ -26,8 +26,9 @@ class _Histogram:
 class Metrics:
     """Thread-safe counters and one latency histogram per route, plus gauges read on demand.
 
-    ``gauges`` maps a metric name to ``(help text, function returning the value)``; the
-    service registers the list's entries, serial, load time and the KMS call counters there.
+    ``gauges`` maps a metric name to ``(help text, function returning the value)``: the
+    list holder registers the list's and the load state's there (listed in
+    :mod:`noflylist.service`), the app the KMS call counters, the server open connections.
     """
 
     def __init__(self) -> None:

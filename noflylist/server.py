@@ -56,7 +56,7 @@ from noflylist.connections import ConnectionLoop
 from noflylist.http_framing import MAX_BODY_BYTES, Request, encode_response
 from noflylist.metrics import Metrics
 from noflylist.screening import answer, normalize
-from noflylist.service import ListHolder
+from noflylist.service import NOT_LOADED_YET, ListHolder
 
 __all__ = ["DEFAULT_WORKERS", "DRAIN_TIMEOUT", "RouteHandler", "RouteResponse", "Server"]
 
@@ -313,11 +313,39 @@ class _App:
         return RouteResponse(200, TEXT, b"ok\n")
 
     def _readyz(self, request: Request, query: str) -> RouteResponse:
-        current = self._holder.current
+        """200 with ``ready: list serial N`` first while a list is in service, else 503 with
+        ``not ready: why``; then the list's age and the last load's outcome and time, so a
+        refresh that keeps failing (a stale list) shows here as well as in ``/metrics``.
+        A loader that has stopped (a bug) makes the service not ready: its list can no
+        longer change."""
+        status = self._holder.status
+        lines: list[str] = []
+        current = status.current
         if current is not None:
-            return RouteResponse(200, TEXT, f"ready: list serial {current.serial}\n".encode())
-        reason = " ".join((self._holder.last_error or "no list loaded yet").split())
-        raise RequestRejected(503, f"not ready: {reason[:MAX_REASON_CHARS]}")
+            age = status.list_age() or 0.0
+            lines.append(
+                f"list: {current.entries} entries, loaded {_stamp(current.loaded_at)} "
+                f"({age:.0f} s ago)"
+            )
+        if status.outcome is not None:
+            line = f"last load: {status.outcome} at {_stamp(status.attempted_at)}"
+            if status.failures_in_a_row:
+                since = status.since_success()
+                line += f", {status.failures_in_a_row} in a row; last success " + (
+                    "never" if since is None
+                    else f"{_stamp(status.succeeded_at)} ({since:.0f} s ago)"
+                )
+                if current is not None or status.loader_stopped is not None:
+                    line += f": {_reason(status.error or '')}"  # else the first line says it
+            lines.append(line)
+        if status.loader_stopped is not None:
+            first = f"not ready: {_reason(status.loader_stopped)}"
+        elif current is not None:
+            text = "\n".join([f"ready: list serial {current.serial}", *lines]) + "\n"
+            return RouteResponse(200, TEXT, text.encode())
+        else:
+            first = f"not ready: {_reason(status.error or NOT_LOADED_YET)}"
+        raise RequestRejected(503, "\n".join([first, *lines]))
 
     def _metrics_page(self, request: Request, query: str) -> RouteResponse:
         return RouteResponse(200, METRICS_TYPE, self._metrics.render().encode())
@@ -359,6 +387,16 @@ def _index_page(extra_paths: Iterable[str]) -> bytes:
     ]
     lines += [f"GET  {path}" for path in extra_paths]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _stamp(unix_time: float) -> str:
+    """A Unix time as ``2026-01-05T09:01:12Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_time))
+
+
+def _reason(text: str) -> str:
+    """A load error on one line, at most :data:`MAX_REASON_CHARS` long."""
+    return " ".join(text.split())[:MAX_REASON_CHARS]
 
 
 def _extra(path: str, handler: RouteHandler) -> Callable[[Request, str], RouteResponse]:

@@ -138,6 +138,26 @@ class HTTPSSource:
         return Fetched(response.body, version)
 
 
+def check_location(location: str) -> None:
+    """Refuse a malformed envelope location now, naming what is wrong.
+
+    ``serve`` calls this at start, before it knows the AWS region an ``s3://`` source
+    needs: a location that no retry can fix must stop the service at once, not fail every
+    attempt of the first load.
+    """
+    if location.startswith("s3://"):
+        parse_s3_url(location)
+    elif location.startswith("https://"):
+        parsed = urllib.parse.urlsplit(location)
+        if not parsed.hostname:
+            raise SourceError(f"envelope URL must be https://HOST/PATH, got {location!r}")
+    elif "://" in location:
+        raise SourceError(
+            f"unsupported envelope location {location!r}: use a file path, s3://BUCKET/KEY "
+            "or https://HOST/PATH"
+        )
+
+
 def open_source(
     location: str,
     *,
@@ -146,6 +166,7 @@ def open_source(
     environ: Mapping[str, str] | None = None,
 ) -> Source:
     """The source for ``location``: ``s3://…``, ``https://…`` or a file path."""
+    check_location(location)
     if location.startswith("s3://"):
         if region is None or credentials is None:
             raise SourceError("an s3:// envelope needs AWS credentials and a region")
@@ -153,9 +174,4 @@ def open_source(
         return S3Source(location, client)
     if location.startswith("https://"):
         return HTTPSSource(location, environ)
-    if "://" in location:
-        raise SourceError(
-            f"unsupported envelope location {location!r}: use a file path, s3://BUCKET/KEY "
-            "or https://HOST/PATH"
-        )
     return FileSource(location)

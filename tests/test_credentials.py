@@ -27,6 +27,8 @@ from enclave.credentials import (
     REFRESH_AHEAD,
     CredentialProvider,
     CredentialsError,
+    region_from_environment,
+    region_from_imds,
     resolve_region,
 )
 from enclave.imds import ImdsError, parse_credentials_document
@@ -588,6 +590,53 @@ def test_region_unavailable_from_imds_says_how_to_set_it(imds: FakeImds) -> None
 def test_region_with_metadata_disabled_asks_for_aws_region() -> None:
     with pytest.raises(CredentialsError, match="set AWS_REGION"):
         resolve_region({"AWS_EC2_METADATA_DISABLED": "true"})
+
+
+def test_region_from_environment_asks_nobody_and_leaves_an_unset_region_to_imds(
+    imds: FakeImds,
+) -> None:
+    """What ``serve`` checks at start: without AWS_REGION the answer is "ask IMDS later",
+    not a request to an IMDS that may not be reachable yet."""
+    assert region_from_environment(imds_env(imds)) is None
+    assert region_from_environment(imds_env(imds) | {"AWS_REGION": "eu-north-1"}) == (
+        "eu-north-1")
+    assert imds.seen == []
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [({"AWS_REGION": "EU-WEST-1"}, "AWS_REGION is 'EU-WEST-1'"),
+     ({"AWS_EC2_METADATA_DISABLED": "true"}, "set AWS_REGION"),
+     ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://169.254.169.254/latest"},
+      "AWS_EC2_METADATA_SERVICE_ENDPOINT must be an http:// URL with only a host")],
+)  # fmt: skip
+def test_region_from_environment_refuses_what_no_retry_can_fix_naming_the_variable(
+    env: dict[str, str], words: str
+) -> None:
+    with pytest.raises(CredentialsError) as raised:
+        region_from_environment(env)
+    assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("fault", ["down", "refusing-tokens", "not-a-region"])
+def test_region_from_imds_says_no_region_yet_why_and_how_to_set_it(
+    imds: FakeImds, fault: str
+) -> None:
+    env = imds_env(imds)
+    if fault == "down":
+        imds.stop()
+    elif fault == "refusing-tokens":
+        imds.token_status = 403
+    else:
+        imds.region = "<html>"
+    with pytest.raises(CredentialsError) as raised:
+        region_from_imds(env)
+    message = str(raised.value)
+    assert message.startswith("no AWS region yet: AWS_REGION is unset, and asking the "
+                              "instance metadata service failed: ")  # fmt: skip
+    assert {"down": "could not reach the instance metadata service",
+            "refusing-tokens": "HTTP 403",
+            "not-a-region": "IMDS placement/region is '<html>'"}[fault] in message  # fmt: skip
 
 
 # -- generated inputs -------------------------------------------------------------------

@@ -566,6 +566,75 @@ def test_credentials_expiring_mid_run_are_refreshed_then_fail_closed_once_imds_i
     assert "could not be refreshed" in line and "keeping the list in service" in line
 
 
+def test_a_credential_refresh_in_the_loop_meeting_a_hostile_answer_or_a_bug_is_a_failed_load(
+    tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM, imds: FakeImds,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Credentials have no loop of their own: they are refreshed inside the KMS call a load
+    makes, in the refresh loop's thread. A credentials document nested 30,000 deep, then a
+    foreign exception from inside the refresh (injected: a bug), are each one failed load,
+    counted and shown without their content; the loop goes on, and the next refresh loads
+    the next list."""
+    clock = _Clock()
+    imds.rotate = True
+    imds.expiration = clock.now + timedelta(hours=1)
+    path = tmp_path / "envelope.json"
+    path.write_bytes(sealed(keys, OLD_LIST, 1))
+    holder = holder_for(FileSource(str(path)), kms, nsm, imds_provider(imds, clock))
+    holder.reload(only_if_changed=False)
+    stop, wake = threading.Event(), threading.Event()
+    loop = threading.Thread(target=refresh_loop, args=(holder, 60.0, stop, wake), daemon=True)
+    loop.start()
+
+    def wake_and_wait(attempts: int) -> None:
+        wake.set()
+        deadline = time.monotonic() + 20.0
+        while sum(holder._metrics.events(LOADS, o) for o in ("loaded", "failed")) < attempts:
+            assert time.monotonic() < deadline and loop.is_alive(), "the refresh loop stopped"
+            time.sleep(0.01)
+
+    try:
+        # The keys have expired: the next KMS call must refresh them first.
+        clock.now = imds.expiration + timedelta(minutes=1)
+        imds.expiration = clock.now + timedelta(hours=1)  # what a good answer would say
+        imds.credentials_body = b"[" * 30_000 + b"]" * 30_000  # under IMDS's size bound
+        path.write_bytes(sealed(keys, NEW_LIST, 2))
+        calls = kms.calls
+        wake_and_wait(2)
+        assert holder._metrics.events(LOADS, "failed") == 1 and loop.is_alive()
+        assert kms.calls == calls, "no KMS call without usable credentials"
+        assert serves(holder, OLD_LIST, NEW_LIST)
+        status = holder.status
+        assert status.outcome == "failed" and status.failures_in_a_row == 1
+        assert status.error is not None and "[[[" not in status.error
+
+        imds.credentials_body = None
+        real_fetch = credentials._fetch_imds_credentials
+
+        def fetch_once(*args: object, **kwargs: object) -> Credentials:
+            monkeypatch.setattr(credentials, "_fetch_imds_credentials", real_fetch)
+            raise RuntimeError(f"cannot refresh for {OLD_LIST[1]}")
+
+        monkeypatch.setattr(credentials, "_fetch_imds_credentials", fetch_once)
+        wake_and_wait(3)
+        assert holder._metrics.events(LOADS, "failed") == 2 and loop.is_alive()
+        assert kms.calls == calls and serves(holder, OLD_LIST, NEW_LIST)
+        status = holder.status
+        assert status.failures_in_a_row == 2 and status.error is not None
+        assert "unexpected RuntimeError at " in status.error and OLD_LIST[1] not in status.error
+
+        wake_and_wait(4)  # IMDS answers properly again
+        assert holder._metrics.events(LOADS, "loaded") == 2
+        assert serves(holder, NEW_LIST, OLD_LIST)
+        assert kms.access_keys()[-1] == imds.issued[-1].access_key_id
+        assert holder.status.failures_in_a_row == 0
+    finally:
+        stop.set()
+        wake.set()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+
+
 def test_kms_refusing_expired_credentials_fails_closed_with_its_code(
     tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM,
     caplog: pytest.LogCaptureFixture,
@@ -715,3 +784,44 @@ def test_refresh_loop_through_a_storm_of_faults_never_stops_answering_correctly(
     assert answers > 100
     assert holder.current is not None and holder.current.serial == 2
     assert holder._metrics.events(LOADS, "failed") >= 3
+
+
+def test_refresh_loop_polls_through_hostile_envelopes_then_serves_the_next_list(
+    s3: FaultyS3, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM
+) -> None:
+    """Polling every 20 ms, the loop meets envelopes that broke the first release's parser
+    with foreign exceptions (deep nesting: RecursionError; a huge serial: ValueError) and
+    plain broken ones: it keeps the old list, counts them, and serves the next valid one."""
+    valid = json.loads(sealed(keys, NEW_LIST, 2))
+    huge_serial = json.dumps(dict(valid, serial="SERIAL")).replace('"SERIAL"', "9" * 5000)
+    hostile = [b"[" * 100_000, huge_serial.encode(), b"not JSON", sealed(keys, NEW_LIST, 2)[:99]]
+    s3.versions = [sealed(keys, OLD_LIST, 1)]
+    holder = holder_for(s3_source(s3), kms, nsm)
+    holder.reload(only_if_changed=False)
+    stop, wake = threading.Event(), threading.Event()
+    loop = threading.Thread(target=refresh_loop, args=(holder, 0.02, stop, wake), daemon=True)
+    loop.start()
+
+    def wait_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10.0
+        while not condition():
+            assert time.monotonic() < deadline and loop.is_alive(), "the refresh loop stopped"
+            time.sleep(0.01)
+
+    try:
+        for body in hostile:
+            failed, gets = holder._metrics.events(LOADS, "failed"), s3.gets
+            s3.versions = [body]
+            # Two GETs after the change: at least one whole attempt has seen this body.
+            wait_until(lambda g=gets, f=failed: s3.gets >= g + 2
+                       and holder._metrics.events(LOADS, "failed") >= f + 2)  # fmt: skip
+            assert serves(holder, OLD_LIST, NEW_LIST)
+        s3.versions = [sealed(keys, NEW_LIST, 2)]
+        wait_until(lambda: holder.current is not None and holder.current.serial == 2)
+        assert serves(holder, NEW_LIST, OLD_LIST)
+    finally:
+        stop.set()
+        wake.set()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert holder.status.outcome in ("loaded", "unchanged") and holder.last_error is None

@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -316,7 +317,11 @@ def test_nothing_is_screened_before_a_list_is_loaded_then_everything_is() -> Non
         assert passenger(rig.port, "foo").text == cleared_text("foo")
         assert screen(rig.port, {"names": ["foo"]}).status == 200
         ready = request(rig.port, "GET", "/readyz")
-        assert (ready.status, ready.text) == (200, f"ready: list serial {SERIAL}\n")
+        assert ready.status == 200
+        first, *details = ready.text.splitlines()
+        assert first == f"ready: list serial {SERIAL}"
+        assert re.fullmatch(r"list: \d+ entries, loaded \S+Z \(\d+ s ago\)", details[0])
+        assert re.fullmatch(r"last load: loaded at \S+Z", details[1]) and len(details) == 2
 
 
 # -- the batch endpoint --------------------------------------------------------------------

@@ -114,8 +114,10 @@ class FakeImds:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0) -> None:
+        """Listen on ``port`` of loopback (0: a free one). Given the port of a server that
+        was stopped, or one chosen before, this is IMDS coming up late, at the same URL."""
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         server.daemon_threads = True
         server.imds = self  # type: ignore[attr-defined]
         self._server = server
