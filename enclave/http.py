@@ -166,6 +166,37 @@ def request(
         conn.close()
 
 
+#: The variables that name where AWS calls go; checked at start by :func:`check_settings`.
+ENDPOINT_VARIABLES = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_KMS_ENDPOINT", "AWS_ENDPOINT_URL_S3",
+)  # fmt: skip
+
+
+def check_settings(environ: Mapping[str, str]) -> None:
+    """Refuse, at start, settings that no retry can fix: a malformed endpoint URL or proxy
+    variable, or an ``AWS_CA_BUNDLE`` that cannot be loaded.
+
+    Each would otherwise fail every request later, one retried load after another, while the
+    cause is a typo that only the operator can mend. The message names the variable.
+    """
+    for name in ENDPOINT_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                _parse_url(value)
+            except TransportError as exc:
+                raise TransportError(f"{name}: {exc}", transient=False) from None
+    for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        value = environ.get(variable, "").strip()
+        if value:
+            try:
+                parse_proxy(value, variable)
+            except ProxyError as exc:
+                raise TransportError(str(exc), transient=False) from None
+    if environ.get("AWS_CA_BUNDLE"):
+        _tls_context(environ)
+
+
 def proxy_for(url: str, environ: Mapping[str, str]) -> str | None:
     """The proxy URL (as configured, possibly with credentials) to use for ``url``, or None.
 

@@ -27,12 +27,14 @@ one that leaves none is a failed load, counted and shown, retried by the next at
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
+from enclave import http
 from enclave.attested import Decryptor, make_decryptor, open_module
 from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
 from enclave.errors import EnclaveError
@@ -87,6 +89,7 @@ class Service:
         self._credentials = CredentialProvider(environ)
         self._region = region_from_environment(environ)  # None: ask IMDS at the first load
         check_location(config.envelope)
+        http.check_settings(os.environ if environ is None else environ)
         if config.attestation == "simulated" and simulated_module is None:
             assert config.simulator_state is not None  # checked by build_serve_config
             simulated_module = load_simulated_module(config.simulator_state)

@@ -247,8 +247,17 @@ def test_asking_for_the_region_backs_off_doubling_to_the_ceiling(
         ({"AWS_EC2_METADATA_DISABLED": "true"}, "set AWS_REGION"),
         ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "ftp://imds"},
          "AWS_EC2_METADATA_SERVICE_ENDPOINT must be an http:// URL"),
+        ({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_KMS": "kms.local:4566"},
+         "AWS_ENDPOINT_URL_KMS: unsupported URL scheme"),
+        ({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": "https://user:pw@s3.local"},
+         "AWS_ENDPOINT_URL_S3: URL carries user:password@"),
+        ({"AWS_REGION": "us-east-1", "https_proxy": "socks5://127.0.0.1:1080"},
+         "https_proxy must be http://"),
+        ({"AWS_REGION": "us-east-1", "AWS_CA_BUNDLE": "/nonexistent/ca.pem"},
+         "AWS_CA_BUNDLE=/nonexistent/ca.pem cannot be loaded"),
     ],
-    ids=["bad-region", "bad-default-region", "no-region-and-imds-off", "bad-imds-endpoint"],
+    ids=["bad-region", "bad-default-region", "no-region-and-imds-off", "bad-imds-endpoint",
+         "bad-kms-endpoint", "s3-endpoint-with-userinfo", "bad-proxy", "bad-ca-bundle"],
 )  # fmt: skip
 def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
     envelope_file: Path, environ: dict[str, str], words: str
