@@ -343,10 +343,11 @@ class Trickled:
     threads_after: int | None = None
 
 
-def trickle(server: harness.Running, count_threads: bool) -> Trickled:
+def trickle(server: harness.Running, count_threads: bool, connected: threading.Event) -> Trickled:
     """Send TRICKLE_HEAD a byte every TRICKLE_INTERVAL until the server answers or closes."""
     pid = server.process.pid
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        connected.set()
         start = time.monotonic()
         sent, data, ended = 0, b"", "open"
         while time.monotonic() - start < TRICKLE_LIMIT:
@@ -390,11 +391,15 @@ def probe(server: harness.Running, request: bytes) -> Probe:
                  any(m in logged for m in NAME_MARKS))  # fmt: skip
 
 
-def in_background(work: Callable[[], Trickled]) -> Callable[[], Trickled]:
-    """Run ``work`` on a thread; the returned function waits for its result."""
+def in_background(work: Callable[[threading.Event], Trickled]) -> Callable[[], Trickled]:
+    """Run ``work`` on a thread and wait until it has connected (so item 1's socket counts
+    do not catch it connecting); the returned function waits for its result."""
     result: list[Trickled] = []
-    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    connected = threading.Event()
+    thread = threading.Thread(target=lambda: result.append(work(connected)), daemon=True)
     thread.start()
+    if not connected.wait(timeout=ACCEPT_WAIT):
+        raise SystemExit("the trickling client could not connect")
 
     def join() -> Trickled:
         thread.join()
@@ -472,8 +477,9 @@ def main() -> None:
             print(f"servers ready after {time.monotonic() - started:.1f} s; logs in {folder}")
 
             # Item 3 first, in the background: it takes TRICKLE_LIMIT.
-            trickle_stdlib = in_background(lambda: trickle(servers["timeout"], True))
-            trickle_ours = in_background(lambda: trickle(servers["noflylist"], False))
+            trickle_stdlib = in_background(lambda c: trickle(servers["timeout"], True, c))
+            trickle_ours = in_background(lambda c: trickle(servers["noflylist"], False, c))
+            time.sleep(0.3)  # and the servers have accepted them
 
             crowd_stdlib, crowd_ours = crowd(servers["threads"], servers["noflylist"])
             starved = starve(servers["pool"])
