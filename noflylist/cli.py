@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -232,12 +233,13 @@ def _tool_commands(
 ) -> dict[str, Handler]:
     """The operator tools' commands (``measure``, ``eif``), where the tools are installed.
 
-    The enclave image has no ``noflylist.tools``: there these commands are simply absent.
+    The enclave image has no ``noflylist.tools``: there these commands are simply absent. A
+    tools package that is present but fails to import is an error, not silence.
     """
-    try:
-        from noflylist.tools.commands import add_commands
-    except ImportError:
+    if importlib.util.find_spec("noflylist.tools") is None:
         return {}
+    from noflylist.tools.commands import add_commands
+
     return add_commands(commands)
 
 
