@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,25 @@ def test_measure_of_a_missing_or_foreign_file_is_refused(tmp_path: Path) -> None
     (tmp_path / "text").write_bytes(b"hello" * 200)
     with pytest.raises(oci.OCIError, match="neither an image layout folder nor a tar"):
         measure.measure(tmp_path / "text")
+
+
+def test_the_cli_without_the_tools_package_as_in_the_enclave_image_still_runs(
+    tmp_path: Path,
+) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copytree(repo / "enclave", tmp_path / "enclave")
+    shutil.copytree(
+        repo / "noflylist",
+        tmp_path / "noflylist",
+        ignore=shutil.ignore_patterns("tools", "__pycache__"),
+    )
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "noflylist", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "serve" in done.stdout and "measure" not in done.stdout
