@@ -3,12 +3,14 @@
 * ``serve``: the service (inside the enclave, or locally with the simulator);
 * ``seal``: the operator's tool that encrypts a list into an envelope;
 * ``demo``: everything at once on this machine, with the local enclave simulator;
-* ``verify``, ``check``, ``policy``: trust tools for clients and operators (:mod:`noflylist.trust`).
+* ``verify``, ``check``, ``policy``: trust tools for clients and operators (:mod:`noflylist.trust`);
+* ``measure``, ``eif build``: operator tools (:mod:`noflylist.tools`), not in the enclave image.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -222,7 +224,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     _add_demo(commands)
     handlers: dict[str, Handler] = {"serve": _serve, "seal": _seal, "demo": _demo}
     handlers.update(trust.add_commands(commands))
+    handlers.update(_tool_commands(commands))
     return parser, handlers
+
+
+def _tool_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> dict[str, Handler]:
+    """The operator tools' commands (``measure``, ``eif``), where the tools are installed.
+
+    The enclave image has no ``noflylist.tools``: there these commands are simply absent. A
+    tools package that is present but fails to import is an error, not silence.
+    """
+    if importlib.util.find_spec("noflylist.tools") is None:
+        return {}
+    from noflylist.tools.commands import add_commands
+
+    return add_commands(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
