@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import selectors
 import socket
 import statistics
 import threading
@@ -482,6 +483,105 @@ def test_normal_client_is_answered_within_100ms_among_slowloris_and_idle_clients
             sock.close()
         server.shutdown(drain_timeout=1.0)
         thread.join(timeout=5)
+
+
+#: Connections of the pipelining flood in the fairness test.
+FLOOD_CONNECTIONS = 5
+#: Requests each flooding connection sends at once: far more than it can be answered in the
+#: time the test takes, so every one always has whole requests waiting.
+FLOOD_REQUESTS = 4000
+
+
+class _Paths(logging.Handler):
+    """The path of every access log line, in the order the loop answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.paths.append(str(record.args[1]))  # type: ignore[index]
+
+
+def _flood(address: tuple[str, int], stop: threading.Event) -> list[socket.socket]:
+    """FLOOD_CONNECTIONS connections that pipeline FLOOD_REQUESTS screening requests each and
+    read (and drop) their answers, so none stalls on a full send buffer: the server always
+    has whole requests of every one to answer."""
+    burst = get("/enclave/passenger?name=bert") * FLOOD_REQUESTS
+    socks = [socket.create_connection(address, timeout=EXCHANGE_TIMEOUT)
+             for _ in range(FLOOD_CONNECTIONS)]  # fmt: skip
+
+    def pump(sock: socket.socket) -> None:
+        sock.setblocking(False)
+        pending = memoryview(burst)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while not stop.is_set():
+                for _, events in selector.select(0.1):
+                    try:
+                        if events & selectors.EVENT_READ and not sock.recv(1 << 16):
+                            return
+                        if events & selectors.EVENT_WRITE and pending:
+                            pending = pending[sock.send(pending):]
+                            if not pending:
+                                selector.modify(sock, selectors.EVENT_READ)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:
+                        return
+
+    for sock in socks:
+        threading.Thread(target=pump, args=(sock,), name="flood", daemon=True).start()
+    return socks
+
+
+def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five connections pipeline thousands of requests each. A request from another client
+    on a new connection, once it is in the server's receive buffer, is answered within three
+    turns of the loop (the rest of the current one, the one that accepts it, the one that
+    reads it), and a turn answers at most one request of each flooding connection: so at most
+    3 x 5 flood answers come between. (Sixteen answers a connection a turn, as before, put
+    hundreds there.) Counted from the access log, which the loop writes as it answers."""
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    access_log = logging.getLogger("test.access.flood")
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    order = _Paths()
+    access_log.addHandler(order)
+    server, thread = start_server(tmp_path, access_log=access_log)
+    stop = threading.Event()
+    flood: list[socket.socket] = []
+    try:
+        flood = _flood(server.address, stop)
+        between = []
+        for _ in range(20):
+            deadline = time.monotonic() + EXCHANGE_TIMEOUT
+            start = len(order.paths)
+            while len(order.paths) < start + 200 and time.monotonic() < deadline:
+                time.sleep(0.005)  # the flood is being answered
+            with socket.create_connection(server.address, timeout=EXCHANGE_TIMEOUT) as sock:
+                sock.sendall(get("/healthz"))
+                sent_at = len(order.paths)
+                answer = read_answer(sock)
+            assert (answer.status, answer.body) == (200, b"ok\n")
+            # The log may be read after the answer (threads): then no flood answer came between.
+            answered_at = order.paths.index("/healthz")
+            between.append(max(0, answered_at - sent_at))
+            order.paths[answered_at] = "/healthz (counted)"
+        flood_answers = order.paths.count("/enclave/passenger")
+        assert flood_answers > 20 * 200  # the flood was answered all along
+        assert max(between) <= 3 * FLOOD_CONNECTIONS, (
+            f"flood answers between a normal request and its answer: {sorted(between)}"
+        )
+    finally:
+        stop.set()
+        for sock in flood:
+            sock.close()
+        server.shutdown(drain_timeout=1.0)
+        thread.join(timeout=5)
+        access_log.removeHandler(order)
 
 
 def test_connections_over_the_limit_are_closed_and_service_recovers(

@@ -699,6 +699,152 @@ def test_idle_connections_are_closed_after_the_idle_timeout(
         assert rig.metrics.events("noflylist_http_connections_closed_total", "closed_idle") == 2
 
 
+class _AnswerLog(logging.Handler):
+    """Keeps the path and the time of every access log line: the order the loop answered in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.answers.append((str(record.args[1]), record.created))  # type: ignore[index]
+
+    def count(self, path: str) -> int:
+        return sum(1 for answered, _ in self.answers if answered == path)
+
+
+def _answer_log(name: str) -> tuple[logging.Logger, _AnswerLog]:
+    logger = logging.getLogger(f"test.access.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = _AnswerLog()
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _wait_until_stalled(log: _AnswerLog, path: str, quiet: float = 0.5) -> int:
+    """Wait until no answer on ``path`` was logged for ``quiet`` seconds; how many were."""
+    deadline = time.monotonic() + 10.0
+    count = log.count(path)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if log.count(path) == count:
+            return count
+        count = log.count(path)
+    raise AssertionError(f"answers on {path} never stopped ({count} so far)")
+
+
+def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the_send_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client pipelines 2000 requests and reads nothing: once the answers it has not taken
+    fill the small send buffer, its requests are no longer parsed (no more answers are
+    logged), another client is answered meanwhile, and SEND_TIMEOUT after the last answer
+    it took nothing of, it is closed and counted as closed_not_reading."""
+    monkeypatch.setattr(connections, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    access_log, log = _answer_log("not-reading")
+    requests = 2000
+    with running(access_log=access_log) as rig:
+        flood = socket.socket()
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        flood.settimeout(5)
+        flood.connect(("127.0.0.1", rig.port))
+        try:
+            flood.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+            answered = _wait_until_stalled(log, "/healthz")
+            stalled_at = log.answers[-1][1]
+            assert 0 < answered < requests  # stopped: the rest wait, unparsed
+            assert passenger(rig.port, "foo").status == 200  # others are served meanwhile
+            assert log.count("/healthz") == answered
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not rig.metrics.events(
+                "noflylist_http_connections_closed_total", "closed_not_reading"
+            ):
+                time.sleep(0.02)
+            closed_after = time.time() - stalled_at
+            assert rig.metrics.events(
+                "noflylist_http_connections_closed_total", "closed_not_reading"
+            ) == 1
+            # The deadline runs from the last send that made progress; the sweep checks it
+            # every SWEEP_INTERVAL (0.1 s), and this loop polls every 0.02 s.
+            assert 0.9 < closed_after < 2.0, closed_after
+            assert log.count("/healthz") == answered  # nothing more was answered before it
+            assert "noflylist_http_open_connections 1" in request(rig.port, "GET", "/metrics").text
+        finally:
+            flood.close()
+
+
+def test_a_slow_reader_of_a_large_answer_is_not_cut_off_while_it_keeps_taking_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SEND_TIMEOUT bounds the time between two sends that make progress, not the whole
+    answer (nginx's send_timeout): a client that takes a 150 KiB answer 8 KiB at a time,
+    one read every 0.1 s (about 2 s in all), with a 0.5 s send timeout, gets all of it."""
+    monkeypatch.setattr(connections, "SEND_TIMEOUT", 0.5)
+    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
+    names = [f"Passenger Number {n:04d} " + "x" * 100 for n in range(1000)]
+    with running() as rig:
+        body = json.dumps({"names": names}).encode()
+        head = (f"POST /v1/screen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.settimeout(5)
+        reader.connect(("127.0.0.1", rig.port))
+        with reader:
+            reader.sendall(head + body)
+            started = time.monotonic()
+            received = b""
+            while b"\r\n\r\n" not in received or len(received) < _answer_length(received):
+                time.sleep(0.1)
+                chunk = reader.recv(8192)
+                assert chunk, f"closed after {len(received)} bytes"
+                received += chunk
+            assert time.monotonic() - started > 1.0  # longer than the send timeout, in all
+        [reply] = parse_responses(received)
+        results = json.loads(reply.body)["results"]
+        assert reply.status == 200 and [r["name"] for r in results] == names
+        assert not rig.metrics.events("noflylist_http_connections_closed_total",
+                                      "closed_not_reading")  # fmt: skip
+
+
+def _answer_length(data: bytes) -> int:
+    """Bytes of the whole response whose head starts ``data``."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    [length] = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")]  # fmt: skip
+    return len(head) + 4 + length
+
+
+def test_a_keep_alive_connection_is_closed_after_keepalive_requests_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The KEEPALIVE_REQUESTS-th answer says Connection: close and the connection closes,
+    whether the requests come one at a time or pipelined; each close is counted."""
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 5)
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with running() as rig:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            for number in range(1, 6):
+                sock.sendall(one)
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                assert response.read() == b"ok\n"
+                closes = response.getheader("Connection") == "close"
+                assert closes == (number == 5), number
+            assert sock.recv(1) == b""
+        received, closed = exchange(rig.port, one * 8)
+        replies = parse_responses(received)
+        assert closed and [reply.status for reply in replies] == [200] * 5
+        assert replies[-1].headers["connection"] == "close"
+        assert "connection" not in replies[0].headers
+        assert rig.metrics.events(
+            "noflylist_http_connections_closed_total", "closed_request_limit"
+        ) == 2
+
+
 def test_300_idle_connections_do_not_delay_a_normal_client(rig: Rig) -> None:
     idle = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(300)]
     try:
