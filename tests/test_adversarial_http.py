@@ -272,6 +272,43 @@ def test_malformed_requests_are_refused_and_service_goes_on(
     assert_still_serving(address)
 
 
+#: Heads with a bare CR (RFC 9112 section 2.2: invalid) that never end in CRLF CRLF, so only
+#: the early check can refuse them; before it, each waited for REQUEST_TIMEOUT, then got 408.
+BARE_CR_CASES = {
+    "cr-ends-the-request-line": b"GET /healthz HTTP/1.1\rHost: t\r",
+    "cr-inside-the-request-line": b"GET /healthz\rHTTP/1.1",
+    "cr-ends-a-header-line": b"GET /healthz HTTP/1.1\r\nHost: t\rX-A: b\r\n",
+    "cr-inside-a-header-value": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\rb",
+    "cr-cr-lf": b"GET /healthz HTTP/1.1\r\nHost: t\r\r\n",
+}
+
+
+@pytest.mark.parametrize("head", BARE_CR_CASES.values(), ids=BARE_CR_CASES.keys())
+def test_a_bare_cr_in_a_head_is_refused_with_400_at_once(
+    address: tuple[str, int], head: bytes
+) -> None:
+    started = time.monotonic()
+    answer = exchange(address, head)
+    elapsed = time.monotonic() - started
+    assert_refused(answer, 400)
+    assert answer.closed and b"bare CR" in answer.body
+    assert elapsed < 1.0 < connections.REQUEST_TIMEOUT, f"answered after {elapsed:.2f} s"
+    assert_still_serving(address)
+
+
+def test_a_crlf_split_between_two_sends_is_not_taken_for_a_bare_cr(
+    address: tuple[str, int],
+) -> None:
+    """A CR that is the last byte received so far cannot be judged yet: the LF may follow."""
+    with socket.create_connection(address, timeout=EXCHANGE_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (b"GET /healthz HTTP/1.1\r", b"\nHost: t\r", b"\n\r", b"\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)  # separate segments, so the server reads each alone
+        answer = read_answer(sock)
+    assert (answer.status, answer.body) == (200, b"ok\n")
+
+
 def test_http_1_0_is_answered_and_closed_unless_keep_alive_is_asked(
     address: tuple[str, int],
 ) -> None:

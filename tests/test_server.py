@@ -629,6 +629,25 @@ def test_arbitrary_bytes_get_well_formed_answers_or_none_and_never_crash_the_ser
         assert b"Traceback" not in reply.body
 
 
+def test_a_bug_inside_the_request_parser_is_answered_400_naming_its_class_not_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The framer's boundary reaches the client: an answer, not a connection cut off."""
+
+    def broken(head: bytes) -> None:
+        raise KeyError(head.decode())
+
+    monkeypatch.setattr(http_framing, "_parse_head", broken)
+    with running() as rig:
+        received, closed = exchange(rig.port, b"GET /enclave/passenger?name=Big+Bird HTTP/1.1"
+                                              b"\r\nHost: x\r\n\r\n")  # fmt: skip
+        [reply] = parse_responses(received)
+        assert reply.status == 400 and closed
+        assert "KeyError" in reply.text and "Bird" not in reply.text
+        monkeypatch.undo()
+        assert passenger(rig.port, "foo").status == 200
+
+
 def test_tls_on_the_plain_port_gets_400_at_once_and_the_server_goes_on(rig: Rig) -> None:
     # A real ClientHello from OpenSSL, the bytes an https:// client sends first.
     context = ssl.create_default_context()
@@ -644,6 +663,36 @@ def test_tls_on_the_plain_port_gets_400_at_once_and_the_server_goes_on(rig: Rig)
     [reply] = parse_responses(received)
     assert reply.status == 400 and closed and "TLS" in reply.text
     assert passenger(rig.port, "foo").status == 200
+
+
+def test_a_client_ending_its_lines_with_a_bare_cr_gets_400_long_before_the_request_timeout() -> (
+    None
+):
+    """RFC 9112 section 2.2: a bare CR is invalid. A client that ends its lines with CR alone
+    never sends CRLF CRLF, so before the early check it waited REQUEST_TIMEOUT (10 s) for a
+    408. Here each piece arrives alone and ends in its CR, which can only be judged when the
+    next piece comes (the LF could follow): through the real loop, with the real timeout,
+    the second piece is answered 400 at once, counted as a refusal, not a slow client."""
+    assert connections.REQUEST_TIMEOUT >= 10.0  # the real one: nothing is shortened here
+    with running() as rig:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.monotonic()
+            for piece in (b"GET /enclave/passenger?name=Big+Bird HTTP/1.1\r", b"Host: x\r"):
+                sock.sendall(piece)
+                time.sleep(0.05)  # separate segments, so the server reads each alone
+            received = bytearray()
+            while chunk := sock.recv(65536):  # until the server closes; bounded by timeout
+                received += chunk
+            elapsed = time.monotonic() - started
+        [reply] = parse_responses(bytes(received))
+        assert reply.status == 400 and reply.headers["connection"] == "close"
+        assert "bare CR" in reply.text and "Bird" not in reply.text
+        check_security_headers(reply)
+        assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
+        assert 'route="malformed",status="400"} 1' in request(rig.port, "GET", "/metrics").text
+        assert rig.metrics.events("noflylist_http_connections_closed_total", "closed_slow") == 0
+        assert passenger(rig.port, "foo").status == 200
 
 
 def _timed_get(port: int) -> float:
