@@ -74,15 +74,16 @@ class SealedList:
     def __exit__(self, *exc: object) -> None:
         self._kms.stop()
 
-    def serve_command(self, port: int) -> tuple[list[str], dict[str, str]]:
-        """``noflylist serve`` for this list, as argv and environment."""
+    def serve_command(self, port: int, tree: Path = REPO) -> tuple[list[str], dict[str, str]]:
+        """``noflylist serve`` for this list, as argv and environment; ``tree`` is the source
+        tree it runs from (another commit's, from :func:`checkout`, for an A/B run)."""
         argv = [sys.executable, "-m", "noflylist", "serve", "--envelope", str(self.envelope),
                 "--host", "127.0.0.1", "--port", str(port), "--attestation", "simulated",
                 "--simulator-state", str(self.folder), "--refresh-interval", "0",
                 "--key-id", self.key_arn]  # fmt: skip
         env = clean_environment()
         env.update({
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(tree),
             "AWS_ENDPOINT_URL_KMS": self.kms_url,
             "AWS_REGION": REGION,
             **self._credential_env,
@@ -137,21 +138,37 @@ def pin_client() -> None:
 
 
 def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Path,
-          *, pin: bool = False) -> Running:  # fmt: skip
+          *, pin: bool = False, cwd: Path = REPO) -> Running:  # fmt: skip
     """Start a server with its output (access log included) going to a file."""
     if pin:
         argv = ["taskset", "--cpu-list", str(SERVER_CPU), *argv]
-    log = folder / f"{name}.log"
+    log = folder / f"{name.replace('/', '_')}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   cwd=REPO, start_new_session=True)  # fmt: skip
+                                   cwd=cwd, start_new_session=True)  # fmt: skip
     return Running(name, process, port, log, time.monotonic())
 
 
-def start_noflylist(sealed: SealedList, folder: Path, *, pin: bool = False) -> Running:
+def start_noflylist(sealed: SealedList, folder: Path, *, pin: bool = False,
+                    commit: str | None = None) -> Running:  # fmt: skip
+    """``noflylist serve`` from this tree, or from ``commit``'s (named ``noflylist@COMMIT``)."""
     port = free_port()
-    argv, env = sealed.serve_command(port)
-    return start("noflylist", argv, env, port, folder, pin=pin)
+    tree = REPO if commit is None else checkout(commit, folder)
+    argv, env = sealed.serve_command(port, tree)
+    name = "noflylist" if commit is None else f"noflylist@{commit}"
+    return start(name, argv, env, port, folder, pin=pin, cwd=tree)
+
+
+def checkout(commit: str, folder: Path) -> Path:
+    """The service's source at ``commit``, exported into ``folder`` (``git archive``), so one
+    run can measure two versions side by side: an A/B with the same machine noise on both."""
+    tree = folder / f"tree-{commit}"
+    if not tree.exists():
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", commit, "noflylist", "enclave"], cwd=REPO,
+                                 capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def start_flask_dev(names_file: Path, folder: Path, *, pin: bool = False) -> Running:

@@ -16,12 +16,24 @@ delayed-ACK stall on keep-alive).
 A connection has at most one request being answered, so pipelined requests are answered in
 order and the work queue never holds more entries than there are connections.
 
+Fairness. Each turn of the loop (one ``select``, then the connections it reports, then those
+queued from earlier turns) answers at most :data:`REQUESTS_PER_TURN` request of any one
+connection; a connection with more requests buffered waits, unread, for its next turn behind
+every other, and accepting new connections happens every turn. So a client that pipelines
+requests as fast as it can delays another client by one answer a turn, not by its whole queue.
+A client that sends requests but does not read the answers is stopped by the kernel: its send
+buffer is :data:`SEND_BUFFER_BYTES`, so once about that much is unread a ``send`` comes up
+short, the connection waits (WRITING: its requests are neither read nor parsed) and is closed
+if it takes nothing for :data:`SEND_TIMEOUT`. A keep-alive connection is closed after
+:data:`KEEPALIVE_REQUESTS` answers. Closes are reported by reason (``on_event``).
+
 The strict RFC 9112 parser and the response encoder are in :mod:`noflylist.http_framing`;
 a refused request is answered with the status it names, and the connection is closed. This
 module adds 408 (a request too slow to arrive) and 503 (request buffers over their budget).
 
 Every limit is a module constant, read where it is applied (so tests can shorten them); the
 framing limits (``MAX_HEAD_BYTES`` and the like) are those of :mod:`noflylist.http_framing`.
+Measured against hostile clients by ``bench/bench_hostile.py``.
 """
 
 from __future__ import annotations
@@ -43,9 +55,9 @@ from noflylist.http_sockets import BUSY, LINGERING, READING, WRITING, ClientSock
 from noflylist.http_workers import Application, WorkerPool, answer
 
 __all__ = [
-    "ACCEPT_PAUSE", "IDLE_TIMEOUT", "LINGER_BYTES", "LINGER_TIMEOUT", "LISTEN_BACKLOG",
-    "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "PIPELINE_BATCH", "RECV_BYTES", "REQUEST_TIMEOUT",
-    "SWEEP_INTERVAL", "WRITE_TIMEOUT",
+    "ACCEPT_PAUSE", "IDLE_TIMEOUT", "KEEPALIVE_REQUESTS", "LINGER_BYTES", "LINGER_TIMEOUT",
+    "LISTEN_BACKLOG", "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "RECV_BYTES", "REQUESTS_PER_TURN",
+    "REQUEST_TIMEOUT", "SEND_BUFFER_BYTES", "SEND_TIMEOUT", "SWEEP_INTERVAL",
     "Application", "ConnectionLoop",
 ]  # fmt: skip
 
@@ -55,8 +67,20 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0
 #: A keep-alive connection with no request in progress is closed after this many seconds.
 IDLE_TIMEOUT = 15.0
-#: A client that does not read its response within this many seconds is dropped.
-WRITE_TIMEOUT = 10.0
+#: A connection whose answer waits this many seconds with no byte of it taken by the client
+#: is closed (nginx's ``send_timeout``: the time between two sends, not for the whole answer,
+#: so a slow reader of a large answer is not cut off while one that stopped reading is).
+SEND_TIMEOUT = 10.0
+#: Kernel send buffer of each connection (``SO_SNDBUF``; Linux reserves twice this): the bound
+#: on answers queued for a client that does not read them. Without it the kernel grows the
+#: buffer to 4 MiB, which a pipelining client that never reads fills with 16,000 answers
+#: (measured: 0.9 MiB a connection after 10 s of flood, ``send`` never short, so nothing
+#: stopped or closed it). 64 KiB holds the largest answers in one or two sends.
+SEND_BUFFER_BYTES = 64 * 1024
+#: Requests answered on one keep-alive connection before it is closed (nginx's default
+#: ``keepalive_requests``): no client holds one connection, its buffers and its turn forever;
+#: a real client reconnects in one round trip every thousand answers.
+KEEPALIVE_REQUESTS = 1000
 #: After an error response the connection is half-closed and unread input discarded for
 #: this long, so the client reads the error instead of a reset (RFC 9112 section 9.6).
 LINGER_TIMEOUT = 2.0
@@ -72,8 +96,11 @@ MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 LISTEN_BACKLOG = 1024
 #: Bytes read per ``recv``: a whole head or a large body slice in one system call.
 RECV_BYTES = 64 * 1024
-#: Pipelined requests answered in a row on one connection before others get a turn.
-PIPELINE_BATCH = 16
+#: Requests of one connection answered in a turn of the loop before every other connection
+#: with work gets its turn: one, so a turn with 50 pipelining clients is 50 answers (about
+#: 2 ms), not the 800 to 1,600 (20 to 90 ms) that 16 in a row gave, which a new client's
+#: request waited behind (measured by ``bench/bench_hostile.py``).
+REQUESTS_PER_TURN = 1
 #: How often deadlines are checked; a deadline may be overrun by at most this much.
 SWEEP_INTERVAL = 0.1
 #: After ``accept`` fails for lack of file descriptors, stop accepting this long.
@@ -87,10 +114,18 @@ class ConnectionLoop:
     """Accepts, frames and answers on ``listener`` until :meth:`stop`.
 
     Quick requests are answered on the loop thread, others by ``workers`` threads.
-    ``on_event`` is called on the loop thread with a fixed outcome name (for metrics):
-    ``refused_over_limit``, ``closed_idle``, ``closed_slow`` (408), ``closed_not_reading``,
-    ``shed_over_memory`` (503).
+    ``on_event`` is called on the loop thread with a fixed outcome name (for metrics), one of
+    :data:`OUTCOMES`.
     """
+
+    #: Why the loop closed or refused a connection: over :data:`MAX_CONNECTIONS`, idle past
+    #: :data:`IDLE_TIMEOUT`, a request not whole within :data:`REQUEST_TIMEOUT` (408), an
+    #: answer untaken for :data:`SEND_TIMEOUT`, :data:`KEEPALIVE_REQUESTS` answered, request
+    #: buffers over :data:`MAX_BUFFERED_BYTES` (503), a bug while handling it.
+    OUTCOMES = (
+        "refused_over_limit", "closed_idle", "closed_slow", "closed_not_reading",
+        "closed_request_limit", "shed_over_memory", "closed_internal_error",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -165,6 +200,9 @@ class ConnectionLoop:
         draining = False
         while True:
             timeout = 0.0 if self._ready else max(0.0, next_sweep - time.monotonic())
+            # The connections queued in earlier turns; those queued during this one wait for
+            # the next, so none is served twice in a turn.
+            queued = len(self._ready)
             for key, _ in self._selector.select(timeout):
                 if key.data is None:
                     self._accept()
@@ -173,7 +211,7 @@ class ConnectionLoop:
                 elif not key.data.closed:  # else it was closed earlier in this batch
                     self._on_event_guarded(key.data)
             self._finish_answered()
-            for _ in range(len(self._ready)):
+            for _ in range(queued):
                 connection = self._ready.popleft()
                 if not connection.closed and connection.state == READING:
                     self._serve_connection(connection)
@@ -206,6 +244,7 @@ class ConnectionLoop:
                 "closing a connection after %s at %s:%s (a bug; please report it)",
                 type(exc).__name__, where.filename, where.lineno,
             )
+            self._on_event("closed_internal_error")
             with contextlib.suppress(OSError, KeyError, ValueError):
                 self._sockets.close(connection)
 
@@ -228,6 +267,7 @@ class ConnectionLoop:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             self._sockets.add(Connection(sock, time.monotonic() + IDLE_TIMEOUT))
 
     def _on_readable(self, connection: Connection) -> None:
@@ -253,10 +293,10 @@ class ConnectionLoop:
         self._serve_connection(connection)
 
     def _serve_connection(self, connection: Connection) -> None:
-        """Answer the whole requests in the buffer, in order, until one goes to a worker,
-        a response waits for the client to read, or :data:`PIPELINE_BATCH` were answered
-        (then other connections get a turn first)."""
-        for _ in range(PIPELINE_BATCH):
+        """Answer this turn's share of the whole requests in the buffer, in order: at most
+        :data:`REQUESTS_PER_TURN`, fewer if one goes to a worker or an answer waits for the
+        client to read it. Then read on, or wait for the next turn if more is buffered."""
+        for _ in range(REQUESTS_PER_TURN):
             before = len(connection.buffer)
             try:
                 request = connection.take_request(time.monotonic())
@@ -272,6 +312,10 @@ class ConnectionLoop:
                     self._sockets.send_quietly(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
                 self._sockets.watch(connection, selectors.EVENT_READ)
                 return
+            connection.answered += 1
+            if connection.answered >= KEEPALIVE_REQUESTS and request.keep_alive:
+                self._on_event("closed_request_limit")  # this answer says Connection: close
+                request.keep_alive = False
             if self._stopping.is_set():
                 request.keep_alive = False
             if not self._app.is_quick(request):
@@ -282,24 +326,32 @@ class ConnectionLoop:
             response = answer(self._app, request)
             if not self._write(connection, response, close=not request.keep_alive):
                 return
-        # Read no more until the buffer is worked off, so a pipelining client cannot grow it.
-        self._sockets.watch(connection, 0)
-        self._ready.append(connection)
+        self._next_turn(connection)
+
+    def _next_turn(self, connection: Connection) -> None:
+        """After an answer: read on if nothing else is buffered, else queue the connection
+        for its next turn and read no more until the buffer is worked off (so a pipelining
+        client cannot grow it)."""
+        if connection.buffer:
+            self._sockets.watch(connection, 0)
+            self._ready.append(connection)
+        else:
+            self._sockets.watch(connection, selectors.EVENT_READ)
 
     def _finish_answered(self) -> None:
         for connection, response, keep_alive in self._workers.answered():
             if not connection.closed and self._write(connection, response, close=not keep_alive):
-                self._serve_connection(connection)
+                self._next_turn(connection)
 
     def _write(self, connection: Connection, response: bytes, *, close: bool) -> bool:
         """Send a whole response; True if it went out and the connection reads on."""
         connection.close_after = close or self._stopping.is_set()
-        sent = self._sockets.send(connection, response, WRITE_TIMEOUT)
+        sent = self._sockets.send(connection, response, SEND_TIMEOUT)
         return sent and self._written(connection)
 
     def _on_writable(self, connection: Connection) -> None:
-        if self._sockets.send_rest(connection) and self._written(connection):
-            self._serve_connection(connection)
+        if self._sockets.send_rest(connection, SEND_TIMEOUT) and self._written(connection):
+            self._next_turn(connection)
 
     def _written(self, connection: Connection) -> bool:
         """A response is out: linger and close, or wait for the next request."""

@@ -9,10 +9,13 @@ The parser is strict (RFC 9112): origin-form targets (``/path?query``) only, CRL
 only, no obs-fold, no space before a header's colon, no control bytes, one ``Content-Length``
 of digits, no ``Transfer-Encoding``, ``Host`` required in HTTP/1.1. Anything else is refused
 with a status and the connection is closed, so no two parsers can disagree about where a
-request ends. It raises only :class:`RequestError`, and a request is either complete and
-checked or not dispatched. The status tells the client which limit it hit: 414 (request
-line), 431 (head), 413 (body), 505 (version), 501 (chunked), 417 (Expect); the loop adds
-408 (too slow) and 503 (out of buffer memory).
+request ends. A head that can never become valid (a bare CR or LF, a line that is not a
+request line) is refused as soon as its bytes arrive, not when a deadline passes. The one
+entry point, :meth:`RequestFramer.take_request`, raises only :class:`RequestError`, whatever
+the bytes (any other exception from inside becomes one that names its class, never the
+input), and a request is either complete and checked or not dispatched. The status tells the
+client which limit it hit: 414 (request line), 431 (head), 413 (body), 505 (version), 501
+(chunked), 417 (Expect); the loop adds 408 (too slow) and 503 (out of buffer memory).
 
 Every limit is a module constant, read where it is applied (so tests can shorten them).
 """
@@ -59,6 +62,8 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 _BAD_FIELD_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+#: A CR followed by anything but LF (a CR that is the last byte so far cannot be judged yet).
+_BARE_CR = re.compile(rb"\r[^\n]")
 _LEADING_CRLFS = re.compile(rb"(?:\r\n)*")
 #: Fields that must not repeat: two values would let two parsers frame differently.
 _SINGLE_FIELDS = frozenset({"content-length", "host", "content-type", "expect"})
@@ -156,6 +161,8 @@ class _Head:
 
 def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
     """Refuse early what can never become a valid head, so nobody waits for a deadline."""
+    if buffer == b"\r":
+        return  # perhaps the first half of an empty line before the request line (skipped)
     prefix = bytes(buffer[: MAX_METHOD + 1])
     method_end = _TOKEN_PREFIX.match(prefix).end()  # type: ignore[union-attr]
     if method_end < len(prefix) and prefix[method_end] != 0x20:
@@ -166,6 +173,10 @@ def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
         raise RequestError(400, "the request does not start with an HTTP method")
     if _BARE_LF.search(buffer, max(0, searched - 1)):
         raise RequestError(400, "header lines must end with CRLF, not a bare LF")
+    # RFC 9112 section 2.2: a bare CR is invalid; refuse it now (a client that ends its
+    # lines with CR alone would otherwise wait for the request deadline, then get 408).
+    if _BARE_CR.search(buffer, max(0, searched - 1)):
+        raise RequestError(400, "header lines must end with CRLF, not a bare CR")
     # No LF is bare (checked above for the new bytes, by earlier calls for the rest), so the
     # first LF ends the request line: a one-byte search, far quicker than for b"\r\n".
     line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2) - 1
@@ -273,8 +284,21 @@ class RequestFramer:
         """Frame the next whole request from the buffer; ``None`` until it has all arrived.
 
         ``now`` becomes the request's ``received`` time. Raises :class:`RequestError` for a
-        request that is refused; the buffer is then in no state to frame more.
+        request that is refused, and only that: this is the parser's one boundary, so any
+        other exception from inside (a bug) is refused too, as 400, naming its class but not
+        its message, which could quote the request. The buffer is then in no state to frame
+        more.
         """
+        try:
+            return self._take_request(now)
+        except RequestError:
+            raise
+        except Exception as exc:
+            raise RequestError(
+                400, f"the request could not be parsed ({type(exc).__name__} in the parser)"
+            ) from None
+
+    def _take_request(self, now: float) -> Request | None:
         buffer = self.buffer
         if self.head is None:
             # RFC 9112 section 2.2: ignore empty lines before the request line.

@@ -27,6 +27,7 @@ class Connection(RequestFramer):
     """One client socket and what has arrived on it; only the loop thread touches it."""
 
     __slots__ = (
+        "answered",
         "close_after",
         "closed",
         "continue_sent",
@@ -51,6 +52,7 @@ class Connection(RequestFramer):
         self.lingered = 0  # bytes discarded while LINGERING
         self.closed = False
         self.pending = False  # bytes of the next request have arrived: its deadline runs
+        self.answered = 0  # requests framed on this connection so far
 
     def take_request(self, now: float) -> Request | None:
         """Frame the next whole request from the buffer; ``None`` until it has all arrived."""
@@ -111,7 +113,8 @@ class ClientSockets:
 
     def send(self, connection: Connection, response: bytes, timeout: float) -> bool:
         """Send a whole response; True if it all went out at once. Else the rest waits for
-        the client to read, for at most ``timeout`` seconds (or the connection is closed)."""
+        the client to read: the connection is WRITING, watched for room to send only, and
+        its deadline is ``timeout`` seconds away."""
         try:
             sent = connection.sock.send(response)
         except (BlockingIOError, InterruptedError):
@@ -127,8 +130,10 @@ class ClientSockets:
             return False
         return True
 
-    def send_rest(self, connection: Connection) -> bool:
-        """Send more of a response the client was slow to read; True once it is all out."""
+    def send_rest(self, connection: Connection, timeout: float) -> bool:
+        """Send more of a response the client was slow to read; True once it is all out.
+        Bytes taken move the deadline ``timeout`` seconds on: it bounds the time between
+        two sends that make progress, not the whole response."""
         try:
             sent = connection.sock.send(connection.out)
         except (BlockingIOError, InterruptedError):
@@ -137,6 +142,8 @@ class ClientSockets:
             self.close(connection)
             return False
         connection.out = connection.out[sent:]
+        if sent:
+            connection.deadline = time.monotonic() + timeout
         return not connection.out
 
     def send_quietly(self, connection: Connection, data: bytes) -> None:

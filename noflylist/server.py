@@ -483,5 +483,6 @@ class Server:
         self._loop.stop(drain_timeout)
 
     def _count_event(self, outcome: str) -> None:
-        """Connections closed without a request answered, by why (fixed outcome names)."""
+        """Connections the loop closed or refused, by why: one of the fixed names in
+        :data:`ConnectionLoop.OUTCOMES` (so a metric label never comes from a request)."""
         self._metrics.count("noflylist_http_connections_closed_total", outcome)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import selectors
 import socket
 import statistics
 import threading
@@ -271,6 +272,43 @@ def test_malformed_requests_are_refused_and_service_goes_on(
     assert_still_serving(address)
 
 
+#: Heads with a bare CR (RFC 9112 section 2.2: invalid) that never end in CRLF CRLF, so only
+#: the early check can refuse them; before it, each waited for REQUEST_TIMEOUT, then got 408.
+BARE_CR_CASES = {
+    "cr-ends-the-request-line": b"GET /healthz HTTP/1.1\rHost: t\r",
+    "cr-inside-the-request-line": b"GET /healthz\rHTTP/1.1",
+    "cr-ends-a-header-line": b"GET /healthz HTTP/1.1\r\nHost: t\rX-A: b\r\n",
+    "cr-inside-a-header-value": b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\rb",
+    "cr-cr-lf": b"GET /healthz HTTP/1.1\r\nHost: t\r\r\n",
+}
+
+
+@pytest.mark.parametrize("head", BARE_CR_CASES.values(), ids=BARE_CR_CASES.keys())
+def test_a_bare_cr_in_a_head_is_refused_with_400_at_once(
+    address: tuple[str, int], head: bytes
+) -> None:
+    started = time.monotonic()
+    answer = exchange(address, head)
+    elapsed = time.monotonic() - started
+    assert_refused(answer, 400)
+    assert answer.closed and b"bare CR" in answer.body
+    assert elapsed < 1.0 < connections.REQUEST_TIMEOUT, f"answered after {elapsed:.2f} s"
+    assert_still_serving(address)
+
+
+def test_a_crlf_split_between_two_sends_is_not_taken_for_a_bare_cr(
+    address: tuple[str, int],
+) -> None:
+    """A CR that is the last byte received so far cannot be judged yet: the LF may follow."""
+    with socket.create_connection(address, timeout=EXCHANGE_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (b"GET /healthz HTTP/1.1\r", b"\nHost: t\r", b"\n\r", b"\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)  # separate segments, so the server reads each alone
+        answer = read_answer(sock)
+    assert (answer.status, answer.body) == (200, b"ok\n")
+
+
 def test_http_1_0_is_answered_and_closed_unless_keep_alive_is_asked(
     address: tuple[str, int],
 ) -> None:
@@ -483,6 +521,105 @@ def test_normal_client_is_answered_within_100ms_among_slowloris_and_idle_clients
             sock.close()
         server.shutdown(drain_timeout=1.0)
         thread.join(timeout=5)
+
+
+#: Connections of the pipelining flood in the fairness test.
+FLOOD_CONNECTIONS = 5
+#: Requests each flooding connection sends at once: far more than it can be answered in the
+#: time the test takes, so every one always has whole requests waiting.
+FLOOD_REQUESTS = 4000
+
+
+class _Paths(logging.Handler):
+    """The path of every access log line, in the order the loop answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.paths.append(str(record.args[1]))  # type: ignore[index]
+
+
+def _flood(address: tuple[str, int], stop: threading.Event) -> list[socket.socket]:
+    """FLOOD_CONNECTIONS connections that pipeline FLOOD_REQUESTS screening requests each and
+    read (and drop) their answers, so none stalls on a full send buffer: the server always
+    has whole requests of every one to answer."""
+    burst = get("/enclave/passenger?name=bert") * FLOOD_REQUESTS
+    socks = [socket.create_connection(address, timeout=EXCHANGE_TIMEOUT)
+             for _ in range(FLOOD_CONNECTIONS)]  # fmt: skip
+
+    def pump(sock: socket.socket) -> None:
+        sock.setblocking(False)
+        pending = memoryview(burst)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while not stop.is_set():
+                for _, events in selector.select(0.1):
+                    try:
+                        if events & selectors.EVENT_READ and not sock.recv(1 << 16):
+                            return
+                        if events & selectors.EVENT_WRITE and pending:
+                            pending = pending[sock.send(pending):]
+                            if not pending:
+                                selector.modify(sock, selectors.EVENT_READ)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:
+                        return
+
+    for sock in socks:
+        threading.Thread(target=pump, args=(sock,), name="flood", daemon=True).start()
+    return socks
+
+
+def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five connections pipeline thousands of requests each. A request from another client
+    on a new connection, once it is in the server's receive buffer, is answered within three
+    turns of the loop (the rest of the current one, the one that accepts it, the one that
+    reads it), and a turn answers at most one request of each flooding connection: so at most
+    3 x 5 flood answers come between. (Sixteen answers a connection a turn, as before, put
+    hundreds there.) Counted from the access log, which the loop writes as it answers."""
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    access_log = logging.getLogger("test.access.flood")
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    order = _Paths()
+    access_log.addHandler(order)
+    server, thread = start_server(tmp_path, access_log=access_log)
+    stop = threading.Event()
+    flood: list[socket.socket] = []
+    try:
+        flood = _flood(server.address, stop)
+        between = []
+        for _ in range(20):
+            deadline = time.monotonic() + EXCHANGE_TIMEOUT
+            start = len(order.paths)
+            while len(order.paths) < start + 200 and time.monotonic() < deadline:
+                time.sleep(0.005)  # the flood is being answered
+            with socket.create_connection(server.address, timeout=EXCHANGE_TIMEOUT) as sock:
+                sock.sendall(get("/healthz"))
+                sent_at = len(order.paths)
+                answer = read_answer(sock)
+            assert (answer.status, answer.body) == (200, b"ok\n")
+            # The log may be read after the answer (threads): then no flood answer came between.
+            answered_at = order.paths.index("/healthz")
+            between.append(max(0, answered_at - sent_at))
+            order.paths[answered_at] = "/healthz (counted)"
+        flood_answers = order.paths.count("/enclave/passenger")
+        assert flood_answers > 20 * 200  # the flood was answered all along
+        assert max(between) <= 3 * FLOOD_CONNECTIONS, (
+            f"flood answers between a normal request and its answer: {sorted(between)}"
+        )
+    finally:
+        stop.set()
+        for sock in flood:
+            sock.close()
+        server.shutdown(drain_timeout=1.0)
+        thread.join(timeout=5)
+        access_log.removeHandler(order)
 
 
 def test_connections_over_the_limit_are_closed_and_service_recovers(

@@ -634,6 +634,25 @@ def test_arbitrary_bytes_get_well_formed_answers_or_none_and_never_crash_the_ser
         assert b"Traceback" not in reply.body
 
 
+def test_a_bug_inside_the_request_parser_is_answered_400_naming_its_class_not_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The framer's boundary reaches the client: an answer, not a connection cut off."""
+
+    def broken(head: bytes) -> None:
+        raise KeyError(head.decode())
+
+    monkeypatch.setattr(http_framing, "_parse_head", broken)
+    with running() as rig:
+        received, closed = exchange(rig.port, b"GET /enclave/passenger?name=Big+Bird HTTP/1.1"
+                                              b"\r\nHost: x\r\n\r\n")  # fmt: skip
+        [reply] = parse_responses(received)
+        assert reply.status == 400 and closed
+        assert "KeyError" in reply.text and "Bird" not in reply.text
+        monkeypatch.undo()
+        assert passenger(rig.port, "foo").status == 200
+
+
 def test_tls_on_the_plain_port_gets_400_at_once_and_the_server_goes_on(rig: Rig) -> None:
     # A real ClientHello from OpenSSL, the bytes an https:// client sends first.
     context = ssl.create_default_context()
@@ -649,6 +668,36 @@ def test_tls_on_the_plain_port_gets_400_at_once_and_the_server_goes_on(rig: Rig)
     [reply] = parse_responses(received)
     assert reply.status == 400 and closed and "TLS" in reply.text
     assert passenger(rig.port, "foo").status == 200
+
+
+def test_a_client_ending_its_lines_with_a_bare_cr_gets_400_long_before_the_request_timeout() -> (
+    None
+):
+    """RFC 9112 section 2.2: a bare CR is invalid. A client that ends its lines with CR alone
+    never sends CRLF CRLF, so before the early check it waited REQUEST_TIMEOUT (10 s) for a
+    408. Here each piece arrives alone and ends in its CR, which can only be judged when the
+    next piece comes (the LF could follow): through the real loop, with the real timeout,
+    the second piece is answered 400 at once, counted as a refusal, not a slow client."""
+    assert connections.REQUEST_TIMEOUT >= 10.0  # the real one: nothing is shortened here
+    with running() as rig:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.monotonic()
+            for piece in (b"GET /enclave/passenger?name=Big+Bird HTTP/1.1\r", b"Host: x\r"):
+                sock.sendall(piece)
+                time.sleep(0.05)  # separate segments, so the server reads each alone
+            received = bytearray()
+            while chunk := sock.recv(65536):  # until the server closes; bounded by timeout
+                received += chunk
+            elapsed = time.monotonic() - started
+        [reply] = parse_responses(bytes(received))
+        assert reply.status == 400 and reply.headers["connection"] == "close"
+        assert "bare CR" in reply.text and "Bird" not in reply.text
+        check_security_headers(reply)
+        assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
+        assert 'route="malformed",status="400"} 1' in request(rig.port, "GET", "/metrics").text
+        assert rig.metrics.events("noflylist_http_connections_closed_total", "closed_slow") == 0
+        assert passenger(rig.port, "foo").status == 200
 
 
 def _timed_get(port: int) -> float:
@@ -704,6 +753,152 @@ def test_idle_connections_are_closed_after_the_idle_timeout(
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as silent:
             assert silent.recv(1) == b""
         assert rig.metrics.events("noflylist_http_connections_closed_total", "closed_idle") == 2
+
+
+class _AnswerLog(logging.Handler):
+    """Keeps the path and the time of every access log line: the order the loop answered in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.answers.append((str(record.args[1]), record.created))  # type: ignore[index]
+
+    def count(self, path: str) -> int:
+        return sum(1 for answered, _ in self.answers if answered == path)
+
+
+def _answer_log(name: str) -> tuple[logging.Logger, _AnswerLog]:
+    logger = logging.getLogger(f"test.access.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = _AnswerLog()
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _wait_until_stalled(log: _AnswerLog, path: str, quiet: float = 0.5) -> int:
+    """Wait until no answer on ``path`` was logged for ``quiet`` seconds; how many were."""
+    deadline = time.monotonic() + 10.0
+    count = log.count(path)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if log.count(path) == count:
+            return count
+        count = log.count(path)
+    raise AssertionError(f"answers on {path} never stopped ({count} so far)")
+
+
+def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the_send_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client pipelines 2000 requests and reads nothing: once the answers it has not taken
+    fill the small send buffer, its requests are no longer parsed (no more answers are
+    logged), another client is answered meanwhile, and SEND_TIMEOUT after the last answer
+    it took nothing of, it is closed and counted as closed_not_reading."""
+    monkeypatch.setattr(connections, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    access_log, log = _answer_log("not-reading")
+    requests = 2000
+    with running(access_log=access_log) as rig:
+        flood = socket.socket()
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        flood.settimeout(5)
+        flood.connect(("127.0.0.1", rig.port))
+        try:
+            flood.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * requests)
+            answered = _wait_until_stalled(log, "/healthz")
+            stalled_at = log.answers[-1][1]
+            assert 0 < answered < requests  # stopped: the rest wait, unparsed
+            assert passenger(rig.port, "foo").status == 200  # others are served meanwhile
+            assert log.count("/healthz") == answered
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not rig.metrics.events(
+                "noflylist_http_connections_closed_total", "closed_not_reading"
+            ):
+                time.sleep(0.02)
+            closed_after = time.time() - stalled_at
+            assert rig.metrics.events(
+                "noflylist_http_connections_closed_total", "closed_not_reading"
+            ) == 1
+            # The deadline runs from the last send that made progress; the sweep checks it
+            # every SWEEP_INTERVAL (0.1 s), and this loop polls every 0.02 s.
+            assert 0.9 < closed_after < 2.0, closed_after
+            assert log.count("/healthz") == answered  # nothing more was answered before it
+            assert "noflylist_http_open_connections 1" in request(rig.port, "GET", "/metrics").text
+        finally:
+            flood.close()
+
+
+def test_a_slow_reader_of_a_large_answer_is_not_cut_off_while_it_keeps_taking_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SEND_TIMEOUT bounds the time between two sends that make progress, not the whole
+    answer (nginx's send_timeout): a client that takes a 150 KiB answer 8 KiB at a time,
+    one read every 0.1 s (about 2 s in all), with a 0.5 s send timeout, gets all of it."""
+    monkeypatch.setattr(connections, "SEND_TIMEOUT", 0.5)
+    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
+    names = [f"Passenger Number {n:04d} " + "x" * 100 for n in range(1000)]
+    with running() as rig:
+        body = json.dumps({"names": names}).encode()
+        head = (f"POST /v1/screen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.settimeout(5)
+        reader.connect(("127.0.0.1", rig.port))
+        with reader:
+            reader.sendall(head + body)
+            started = time.monotonic()
+            received = b""
+            while b"\r\n\r\n" not in received or len(received) < _answer_length(received):
+                time.sleep(0.1)
+                chunk = reader.recv(8192)
+                assert chunk, f"closed after {len(received)} bytes"
+                received += chunk
+            assert time.monotonic() - started > 1.0  # longer than the send timeout, in all
+        [reply] = parse_responses(received)
+        results = json.loads(reply.body)["results"]
+        assert reply.status == 200 and [r["name"] for r in results] == names
+        assert not rig.metrics.events("noflylist_http_connections_closed_total",
+                                      "closed_not_reading")  # fmt: skip
+
+
+def _answer_length(data: bytes) -> int:
+    """Bytes of the whole response whose head starts ``data``."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    [length] = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")]  # fmt: skip
+    return len(head) + 4 + length
+
+
+def test_a_keep_alive_connection_is_closed_after_keepalive_requests_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The KEEPALIVE_REQUESTS-th answer says Connection: close and the connection closes,
+    whether the requests come one at a time or pipelined; each close is counted."""
+    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 5)
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with running() as rig:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            for number in range(1, 6):
+                sock.sendall(one)
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                assert response.read() == b"ok\n"
+                closes = response.getheader("Connection") == "close"
+                assert closes == (number == 5), number
+            assert sock.recv(1) == b""
+        received, closed = exchange(rig.port, one * 8)
+        replies = parse_responses(received)
+        assert closed and [reply.status for reply in replies] == [200] * 5
+        assert replies[-1].headers["connection"] == "close"
+        assert "connection" not in replies[0].headers
+        assert rig.metrics.events(
+            "noflylist_http_connections_closed_total", "closed_request_limit"
+        ) == 2
 
 
 def test_300_idle_connections_do_not_delay_a_normal_client(rig: Rig) -> None:
