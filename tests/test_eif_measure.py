@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -228,9 +230,13 @@ def test_the_cli_without_the_tools_package_as_in_the_enclave_image_still_runs(
         tmp_path / "noflylist",
         ignore=shutil.ignore_patterns("tools", "__pycache__"),
     )
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    # -S: no site processing, so no editable install's finder can supply the missing tools
+    # package from the checkout; the installed wheels (cryptography) come by PYTHONPATH.
+    packages = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sorted(packages)]),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-P", "-m", "noflylist", "--help"],
+        [sys.executable, "-S", "-P", "-m", "noflylist", "--help"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
