@@ -68,14 +68,17 @@ RUN set -eu; \
 COPY enclave/ /out/opt/noflylist/enclave/
 COPY noflylist/ /out/opt/noflylist/noflylist/
 
-# The simulator (a fake NSM and KMS) must never reach an enclave; .dockerignore leaves it out,
-# and this refuses a builder that did not honour that. The launcher runs the package with -P, so
+# The simulator (a fake NSM and KMS), the client library and the operator tools must never
+# reach an enclave (the image holds what `serve` runs, nothing more); .dockerignore leaves them
+# out, and this refuses a builder that did not honour that. The launcher runs the package with -P, so
 # the working directory is not on the import path. Permissions are normalised because the
 # checkout's umask decides them; ownership is already root's (COPY and pip run as root).
 RUN set -eu; \
-    if [ -e /out/opt/noflylist/enclave/simulator ]; then \
-      echo "Dockerfile: enclave/simulator reached the build; check .dockerignore" >&2; exit 1; \
-    fi; \
+    for outside in noflylist_simulator enclave/simulator noflylist/client noflylist/tools; do \
+      if [ -e "/out/opt/noflylist/$outside" ]; then \
+        echo "Dockerfile: $outside reached the build; check .dockerignore" >&2; exit 1; \
+      fi; \
+    done; \
     mkdir -p /out/usr/local/bin; \
     printf '#!/bin/sh\nexec python3 -P -m noflylist "$@"\n' >/out/usr/local/bin/noflylist; \
     chmod 755 /out/usr/local/bin/noflylist; \

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 
-from noflylist.demo import SAMPLE_NAMES
-from noflylist.screening import answer
+from noflylist.table import answer
+from noflylist.tools.demo import SAMPLE_NAMES
 
 FLOOD_CONNECTIONS = 50
 IDLE_CONNECTIONS = 1000

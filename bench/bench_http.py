@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import loadgen
 
-from noflylist.demo import SAMPLE_NAMES
+from noflylist.tools.demo import SAMPLE_NAMES
 
 CONNECTIONS = (1, 16, 64)
 QUERIES = {"listed": "Big Bird", "unlisted": "Kermit the Frog"}

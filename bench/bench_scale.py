@@ -188,8 +188,9 @@ def memory_child(size: int, seed: int) -> None:
     import threading
 
     from noflylist import envelope
-    from noflylist.screening import ScreeningTable
-    from noflylist.service import use_returnable_memory
+    from noflylist.lists import use_returnable_memory
+    from noflylist.table import ScreeningTable
+    from noflylist.tools import seal
 
     use_returnable_memory()  # as the service does at start
 
@@ -205,7 +206,7 @@ def memory_child(size: int, seed: int) -> None:
             return DataKey("k", b"blob", self.key, None)
 
     trim = ctypes.CDLL("libc.so.6").malloc_trim
-    document = envelope.seal_v2(synthetic_names(size, random.Random(seed)), FixedKey(), "k",
+    document = seal.seal_v2(synthetic_names(size, random.Random(seed)), FixedKey(), "k",
                                 serial=1)  # type: ignore[arg-type]  # fmt: skip
     gc.collect()
     trim(0)  # so that "before" holds nothing freeable either

@@ -1,4 +1,4 @@
-"""Benchmark of noflylist.screening against the public demo's shapes. Prints numbers; not a test.
+"""Benchmark of noflylist.table against the public demo's shapes. Prints numbers; not a test.
 
 For each list size it builds a ScreeningTable, a Python ``set`` of the demo-normalised names,
 and the demo's ``list`` (looked up with ``name in list``), then reports build time, memory per
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import harness
 
-from noflylist.screening import ScreeningTable
+from noflylist.table import ScreeningTable
 
 SIZES = (15, 1_000_000, 2_000_000)
 #: Lookups timed per kind (listed/absent/near) for the table and the set: enough for a p99.

@@ -1,7 +1,7 @@
 """What the HTTP benchmarks share: seal a list, start the servers, read their memory, do sums.
 
 Not a benchmark itself. ``noflylist serve`` runs exactly as in production except for the
-enclave: ``--attestation simulated`` with the local KMS (``enclave.simulator.kms_server``),
+enclave: ``--attestation simulated`` with the local KMS (``noflylist_simulator.kms_server``),
 so start-up pays for the real work (an RSA key, a signed attestation document, a signed KMS
 ``Decrypt`` with a ``Recipient`` over loopback, a CMS answer, AES-GCM, the table build).
 The baselines are started from ``bench/baseline_flask.py`` with the same names.
@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from enclave.credentials import CredentialProvider  # noqa: E402
 from enclave.kms import KMSClient  # noqa: E402
-from enclave.simulator.ca import load_or_create  # noqa: E402
-from enclave.simulator.kms_server import LocalKMS  # noqa: E402
-from noflylist import envelope  # noqa: E402
-from noflylist.screening import answer  # noqa: E402
+from noflylist.table import answer  # noqa: E402
+from noflylist.tools import seal  # noqa: E402
+from noflylist_simulator.ca import load_or_create  # noqa: E402
+from noflylist_simulator.kms_server import LocalKMS  # noqa: E402
 
 REGION = "us-east-1"
 SERVICE_ROLE = "arn:aws:iam::111122223333:role/noflylist-bench"
@@ -65,7 +65,7 @@ class SealedList:
         sealer = KMSClient(REGION, CredentialProvider(self._credential_env), endpoint=url,
                            environ={})  # fmt: skip
         self.envelope = self.folder / "envelope.json"
-        self.envelope.write_bytes(envelope.seal_v2(self.names, sealer, key_arn, serial=1))
+        self.envelope.write_bytes(seal.seal_v2(self.names, sealer, key_arn, serial=1))
         self.names_file = self.folder / "names.txt"
         self.names_file.write_text("".join(name + "\n" for name in self.names))
         self.key_arn, self.kms_url = key_arn, url
@@ -77,7 +77,10 @@ class SealedList:
     def serve_command(self, port: int, tree: Path = REPO) -> tuple[list[str], dict[str, str]]:
         """``noflylist serve`` for this list, as argv and environment; ``tree`` is the source
         tree it runs from (another commit's, from :func:`checkout`, for an A/B run)."""
-        argv = [sys.executable, "-m", "noflylist", "serve", "--envelope", str(self.envelope),
+        # The simulator's NSM is run by its own entry point; a commit from before it had one
+        # (an A/B baseline) ran it from `noflylist serve`.
+        entry = "noflylist_simulator" if (tree / "noflylist_simulator").is_dir() else "noflylist"
+        argv = [sys.executable, "-m", entry, "serve", "--envelope", str(self.envelope),
                 "--host", "127.0.0.1", "--port", str(port), "--attestation", "simulated",
                 "--simulator-state", str(self.folder), "--refresh-interval", "0",
                 "--key-id", self.key_arn]  # fmt: skip
@@ -165,7 +168,10 @@ def checkout(commit: str, folder: Path) -> Path:
     tree = folder / f"tree-{commit}"
     if not tree.exists():
         tree.mkdir(parents=True)
-        archive = subprocess.run(["git", "archive", commit, "noflylist", "enclave"], cwd=REPO,
+        listed = subprocess.run(["git", "ls-tree", "--name-only", commit], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.split()
+        paths = [p for p in ("noflylist", "enclave", "noflylist_simulator") if p in listed]
+        archive = subprocess.run(["git", "archive", commit, *paths], cwd=REPO,
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
@@ -229,7 +235,7 @@ def wait_ready(server: Running, path: str, timeout: float = READY_TIMEOUT) -> fl
 
 def check_answers(server: Running, listed: str, unlisted: str) -> None:
     """Refuse to benchmark a server that gives a wrong answer: every server must answer as
-    the public demo does (``noflylist.screening.answer``)."""
+    the public demo does (``noflylist.table.answer``)."""
     from urllib.parse import quote
 
     for name, is_listed in ((listed, True), (unlisted, False)):

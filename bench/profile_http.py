@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 import loadgen
 
-from noflylist.demo import SAMPLE_NAMES
+from noflylist.tools.demo import SAMPLE_NAMES
 
 TOP = 25
 

@@ -1,4 +1,4 @@
-"""One signed AWS call over :mod:`enclave.http`: the step the KMS and S3 clients share.
+"""One signed AWS call over :mod:`enclave.http_client`: the step the KMS and S3 clients share.
 
 Sign with SigV4 at the current time (so every retry carries a fresh ``X-Amz-Date``), send,
 and sort transport failures into "worth another attempt" and "not".
@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
-from enclave import http, sigv4
+from enclave import http_client, sigv4
 from enclave.errors import EnclaveError
 from enclave.retry import RetryableFailure
 
@@ -44,7 +44,7 @@ def send_signed(
     max_response_bytes: int,
     environ: Mapping[str, str],
     error: Callable[[str], EnclaveError],
-) -> http.Response:
+) -> http_client.Response:
     """Send one signed request; any HTTP status is returned for the caller to read.
 
     A transport failure becomes ``error(cause)``: wrapped in :class:`RetryableFailure` when
@@ -66,16 +66,16 @@ def send_signed(
         )
     )
     try:
-        return http.request(
+        return http_client.request(
             method,
             url,
             headers=signed,
             body=body,
-            read_timeout=min(http.READ_TIMEOUT, remaining),
+            read_timeout=min(http_client.READ_TIMEOUT, remaining),
             max_response_bytes=max_response_bytes,
             environ=environ,
         )
-    except http.TransportError as exc:
+    except http_client.TransportError as exc:
         failure = error(str(exc))
         if exc.transient:
             raise RetryableFailure(failure) from exc

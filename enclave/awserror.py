@@ -145,7 +145,7 @@ class _Unreadable(Exception):
 def read(headers: Mapping[str, str], body: bytes) -> ErrorAnswer:
     """Code and message of an AWS error answer (module docstring); never raises.
 
-    ``headers`` has lowercase names, as :class:`enclave.http.Response` has them.
+    ``headers`` has lowercase names, as :class:`enclave.http_client.Response` has them.
     """
     try:
         return _read(headers, body)

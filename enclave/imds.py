@@ -7,7 +7,7 @@ credentials wins, is :mod:`enclave.credentials`'s business; so are the timeouts 
 counts, which it passes in with each :class:`ImdsClient`.
 
 Inside a Nitro Enclave there is no network: IMDS is reached through the parent's proxy, so
-the ``*_proxy`` variables of the environment are passed to :mod:`enclave.http`.
+the ``*_proxy`` variables of the environment are passed to :mod:`enclave.http_client`.
 
 Every failure raises :class:`ImdsError` with a message naming the cause and the fix. No
 message carries a key, a secret, a session token or an IMDS token.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from enclave import http, sigv4, strict_json
+from enclave import http_client, sigv4, strict_json
 from enclave.errors import EnclaveError
 
 __all__ = [
@@ -206,7 +206,9 @@ class ImdsClient:
             "(aws ec2 describe-instances --query 'Reservations[].Instances[].MetadataOptions')"
         )
 
-    def _call(self, method: str, path: str, headers: dict[str, str], what: str) -> http.Response:
+    def _call(
+        self, method: str, path: str, headers: dict[str, str], what: str
+    ) -> http_client.Response:
         """One IMDS request with a couple of retries for transient failures.
 
         Any HTTP status is returned once retries are used up; only the transport failing
@@ -217,7 +219,7 @@ class ImdsClient:
         cause = "no attempt made"
         for attempt in range(1, self.attempts + 1):
             try:
-                response = http.request(
+                response = http_client.request(
                     method,
                     self.endpoint + path,
                     headers=headers,
@@ -226,7 +228,7 @@ class ImdsClient:
                     max_response_bytes=IMDS_MAX_RESPONSE_BYTES,
                     environ=self.proxy_env,
                 )
-            except http.TransportError as exc:
+            except http_client.TransportError as exc:
                 cause = str(exc)
                 if not exc.transient:
                     break

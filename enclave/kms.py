@@ -7,7 +7,7 @@ Only the calls this project needs: ``Decrypt``, ``Encrypt``, ``GenerateDataKey``
 ``Decrypt``, ``GenerateDataKey`` and ``GenerateRandom`` take an optional :class:`Recipient`
 (an attestation document carrying a public key). KMS then leaves ``Plaintext`` out and
 answers ``CiphertextForRecipient``, which only the enclave's private key can open
-(see :mod:`enclave.attested`). A ``Plaintext`` in such an answer means something between
+(see :mod:`enclave.attested_decrypt`). A ``Plaintext`` in such an answer means something between
 us and KMS is not KMS: it is refused.
 
 Every answer is read through one boundary: a success through :func:`_read_answer` (strict
@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from enclave import awserror, http, strict_json
+from enclave import awserror, http_client, strict_json
 from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
@@ -317,7 +317,7 @@ def _decrypt_denied(region: str) -> str:
     )
 
 
-def _error_from(action: str, response: http.Response, region: str) -> KMSError:
+def _error_from(action: str, response: http_client.Response, region: str) -> KMSError:
     """Turn a KMS error answer (JSON, or XML from some proxies and emulators) into a KMSError
     whose one line names the code, KMS's message and, where known, the fix."""
     answer = awserror.read(response.headers, response.body)

@@ -13,7 +13,7 @@ bare text ``"Name"`` for a variant without fields, and so is a response; a failu
 
 :class:`SecureModule` is the small interface the rest of the code uses, so nothing above this
 module knows whether it holds the real device (:class:`NitroSecureModule`) or the simulator
-(``enclave.simulator.nsm.SimulatedNSM``, development and tests only).
+(``noflylist_simulator.nsm.SimulatedNSM``, development and tests only).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Inside an enclave the only way out is the HTTP proxy that the runtime (Enclaver) names in
 ``https_proxy``/``http_proxy``; ``no_proxy`` lists hosts reached directly (Enclaver sets
 ``localhost,127.0.0.1``). This module only reads those settings; speaking to the proxy
-(``CONNECT``, absolute-form requests) is :mod:`enclave.http`'s job.
+(``CONNECT``, absolute-form requests) is :mod:`enclave.http_client`'s job.
 
 A proxy URL may carry ``user:password@``; it becomes a ready ``Proxy-Authorization`` value and
 is never shown: :class:`Proxy` prints as ``host:port (from variable)``, and errors name the

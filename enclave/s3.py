@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave import awserror, http
+from enclave import awserror, http_client
 from enclave.awscall import AWSError, CredentialSource, send_signed
 from enclave.retry import RetryableFailure, RetryPolicy, call_with_retries
 
@@ -97,7 +97,7 @@ class S3Client:
 
     def _request(
         self, method: str, bucket: str, key: str, headers: Mapping[str, str], body: bytes
-    ) -> http.Response:
+    ) -> http_client.Response:
         url = object_url(bucket, key, self.region, self._environ)
         action = "GetObject" if method == "GET" else "PutObject"
         describe = f"S3 {action} s3://{bucket}/{key}"
@@ -118,7 +118,7 @@ class S3Client:
         remaining: float,
         describe: str,
         action: str,
-    ) -> http.Response:
+    ) -> http_client.Response:
         response = send_signed(
             method,
             url,
@@ -150,7 +150,7 @@ def _access_denied(action: str) -> str:
     )
 
 
-def _error_from(describe: str, action: str, response: http.Response) -> S3Error:
+def _error_from(describe: str, action: str, response: http_client.Response) -> S3Error:
     """Turn S3's XML error answer into an S3Error whose one line names the code, S3's
     message and, where known, the fix (:mod:`enclave.awserror` reads the body, no XML
     parser)."""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave.attested import MODES
+from enclave.attested_decrypt import MODES
 from enclave.errors import EnclaveError
 
 #: Where the NSM device appears inside a Nitro Enclave.

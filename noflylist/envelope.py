@@ -37,10 +37,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -50,7 +48,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
-from enclave.kms import DataKey
 
 FORMAT_V2 = "noflylist-envelope-v2"
 FORMAT_FERNET = "fernet"
@@ -91,7 +88,7 @@ class EnvelopeError(EnclaveError):
 
 
 class DataKeyDecryptor(Protocol):
-    """What opens the data key: :class:`enclave.attested.Decryptor` in the service."""
+    """What opens the data key: :class:`enclave.attested_decrypt.Decryptor` in the service."""
 
     def decrypt(
         self,
@@ -176,9 +173,9 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
             f"{', '.join(sorted(_V2_FIELDS))}"
         )
     serial, entries = value["serial"], value["entries"]
-    if not _is_count(serial):
+    if not is_count(serial):
         raise EnvelopeError(f"envelope field 'serial' must be an integer in 0..{MAX_COUNT}")
-    if not _is_count(entries):
+    if not is_count(entries):
         raise EnvelopeError(f"envelope field 'entries' must be an integer in 0..{MAX_COUNT}")
     for name in ("key_id", "created"):
         if not _is_text(value[name]) or not value[name]:
@@ -202,7 +199,7 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
         entries=entries,
         encryption_context=MappingProxyType(dict(context)),
         nonce=nonce,
-        associated_data=_canonical_json(header),
+        associated_data=canonical_header(header),
     )
 
 
@@ -349,80 +346,14 @@ def _counted(names: Iterator[str], expected: int | None) -> Iterator[str]:
         )
 
 
-# -- writing (the operator's `noflylist seal`) -----------------------------------------
-
-
-class DataKeySource(Protocol):
-    """What makes a data key: :class:`enclave.kms.KMSClient` (or botocore, operator-side)."""
-
-    def generate_data_key(
-        self, key_id: str, *, encryption_context: Mapping[str, str] | None = None
-    ) -> DataKey: ...
-
-
-def seal_v2(
-    names: Iterable[str],
-    kms: DataKeySource,
-    key_id: str,
-    *,
-    serial: int,
-    encryption_context: Mapping[str, str] = DEFAULT_ENCRYPTION_CONTEXT,
-    now: datetime | None = None,
-) -> bytes:
-    """Encrypt ``names`` into a v2 envelope under a fresh KMS data key, then forget the key."""
-    if not _is_count(serial):
-        raise EnvelopeError(f"the serial must be an integer in 0..{MAX_COUNT}")
-    lines = [_one_line(name) for name in names]
-    key_arn, data_key, blob = _new_data_key(kms, key_id, encryption_context)
-    header: dict[str, Any] = {
-        "format": FORMAT_V2,
-        "key_id": key_arn,
-        "serial": serial,
-        "created": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "entries": len(lines),
-        "encryption_context": dict(encryption_context),
-        "data_key_ciphertext": _b64(blob),
-    }
-    nonce = os.urandom(NONCE_BYTES)
-    plaintext = "".join(line + "\n" for line in lines).encode("utf-8")
-    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _canonical_json(header))
-    del data_key, plaintext
-    document = {**header, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}
-    return json.dumps(document, indent=1).encode() + b"\n"
-
-
-def seal_fernet(names: Iterable[str], kms: DataKeySource, key_id: str) -> bytes:
-    """Write the public demo's format (comma-separated names; no serial, no key id)."""
-    listed = [_one_line(name) for name in names]
-    if any("," in name for name in listed):
-        raise EnvelopeError("the fernet format separates names with commas; use --format v2")
-    _, data_key, blob = _new_data_key(kms, key_id, None)
-    token = Fernet(base64.b64encode(data_key)).encrypt(",".join(listed).encode("utf-8"))
-    del data_key
-    document = {"data-key-ciphertext-base64": _b64(blob), "aes-ciphertext-base64": token.decode()}
-    return json.dumps(document).encode() + b"\n"
-
-
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _new_data_key(
-    kms: DataKeySource, key_id: str, context: Mapping[str, str] | None
-) -> tuple[str, bytes, bytes]:
-    key = kms.generate_data_key(key_id, encryption_context=context)
-    if key.plaintext is None or len(key.plaintext) != DATA_KEY_BYTES:
-        raise EnvelopeError(f"KMS did not return a {DATA_KEY_BYTES}-byte data key")
-    return key.key_id, key.plaintext, key.ciphertext_blob
 
 
-def _one_line(name: str) -> str:
-    stripped = name.strip()
-    if not stripped or "\n" in stripped or "\r" in stripped:
-        raise EnvelopeError("every listed name must be one non-empty line")
-    return stripped
 
 
-def _is_count(value: object) -> bool:
+def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
@@ -438,8 +369,6 @@ def _is_text(value: object) -> bool:
     return True
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _b64_field(value: Mapping[str, Any], name: str) -> bytes:
@@ -452,6 +381,6 @@ def _b64_field(value: Mapping[str, Any], name: str) -> bytes:
         raise EnvelopeError(f"envelope field {name!r} is not valid base64") from None
 
 
-def _canonical_json(value: Mapping[str, Any]) -> bytes:
+def canonical_header(value: Mapping[str, Any]) -> bytes:
     """One byte string per header: sorted keys, no spaces, ASCII only."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()

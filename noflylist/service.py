@@ -1,493 +1,211 @@
-"""The list in service: load it, screen against it, replace it without a restart.
+"""``noflylist serve``: wire configuration, KMS, the list holder and the HTTP server together.
 
-A new envelope is fetched, decrypted and built into a complete table *before* one
-reference assignment swaps it in, so a query sees either the old list or the new one,
-never half of one. If anything fails, the old list stays in service and the failure is
-logged and counted. An envelope whose serial is lower than the one in service is refused:
-nobody can roll the service back to an older list by replaying an older envelope.
+Start-up order, chosen so the service is observable before it is useful and never useful
+before it is safe:
 
-Until the first list is loaded, :meth:`ListHolder.screen` returns ``None`` and the HTTP
-layer answers 503: the service never says "cleared" without a list.
+1. check the configuration (a malformed value exits at once, naming its variable: no
+   retry can fix it), choose the attestation mode (no silent fallback) and open the NSM;
+2. start the HTTP server: ``/healthz`` answers at once, screening answers 503 and
+   ``/readyz`` says why until a list is loaded;
+3. load the list in the background, retrying with backoff until it succeeds. The first
+   attempts also find what the service may have to ask for: the AWS region from the
+   instance metadata service when ``AWS_REGION`` is unset (at an enclave's boot the way to
+   it through the parent may not be up yet), then the credentials; the KMS client and an
+   S3 source are made once the region is known;
+4. then poll the source every ``--refresh-interval`` seconds; ``SIGHUP`` reloads at once;
+5. ``SIGTERM`` or ``SIGINT`` stops accepting, drains in-flight requests and exits.
 
-:class:`ListHolder` is the one owner of the load state. Every attempt ends in one of
-:data:`OUTCOMES`, counted in ``noflylist_list_loads_total{outcome=...}``; the holder keeps
-the last one (:class:`LoadStatus`, shown by ``/readyz``) and serves these gauges:
-
-* ``noflylist_list_age_seconds``: seconds since the list in service was swapped in
-  (-1 while there is none);
-* ``noflylist_list_last_load_timestamp_seconds``: when the last attempt ended, whatever its
-  outcome (Unix time; 0 before the first);
-* ``noflylist_list_last_load_success``: 1 if the last attempt loaded a list or found the
-  envelope unchanged, 0 if it failed or was refused (and before the first);
-* ``noflylist_list_last_success_timestamp_seconds``: when an attempt last succeeded, that is,
-  when the source last confirmed the list in service (Unix time; 0 before the first). This
-  is the one to alert on: ``time() - it`` well above the refresh interval is a stale list;
-* ``noflylist_list_failures_in_a_row``: failed or refused attempts since the last success;
-* ``noflylist_list_loader_running``: 1 while the loops that load lists run, 0 once one has
-  stopped by accident (a bug: no list will be loaded again until a restart).
-
-**Supervision.** Whatever goes wrong in a load is counted as ``failed`` and the old list
-stays, including an exception of a type no module was meant to raise (a bug, or an input
-a parser did not bound: ``RecursionError``, ``ValueError``, ``MemoryError``). Such an
-exception is logged by type and place only (:func:`where_raised`), never by its message,
-which may quote the input; the caller gets a :class:`LoadError`. The loops that load
-(:func:`refresh_loop`, the first load in :mod:`noflylist.app`) go on after any exception.
+Both loops are supervised (see :mod:`noflylist.lists`): an exception of any type is
+counted as a failed load and the loop goes on; a loop that ends anyway makes ``/readyz``
+answer 503, since no list will be loaded again. There is no third loop for the
+credentials: :class:`~enclave.credentials.CredentialProvider` fetches and refreshes them
+lazily, inside the KMS and S3 calls a load makes, so in the loader thread and under the
+same supervision (a refresh that fails while the keys in hand are still valid keeps them;
+one that leaves none is a failed load, counted and shown, retried by the next attempt).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import logging
+import os
+import signal
 import threading
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Mapping
+from types import FrameType
 
+from enclave import http_client
+from enclave.attested_decrypt import Decryptor, make_decryptor, open_module
+from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
 from enclave.errors import EnclaveError
-from noflylist import envelope
+from enclave.kms import KMSClient
+from enclave.nsm import SecureModule
+from noflylist.attestation_route import AttestationRoute
+from noflylist.config import ServeConfig
+from noflylist.lists import ListHolder, refresh_loop
 from noflylist.metrics import Metrics
-from noflylist.screening import ScreeningTable
-from noflylist.sources import Source
+from noflylist.sources import Source, check_location, open_source
+from noflylist.transport.server import RouteHandler, Server
+from noflylist.wire import ATTESTATION_PATH
 
 log = logging.getLogger(__name__)
 
-#: The event counter for list loads, by outcome (one of OUTCOMES).
-LOADS = "noflylist_list_loads_total"
-#: How a load attempt ends: a new list in service, the same envelope as the one in service,
-#: an error, or an envelope refused as older than the one in service.
-OUTCOMES = ("loaded", "unchanged", "failed", "refused")
-#: The outcomes after which the list in service is known to be the source's current one.
-SUCCESSES = frozenset({"loaded", "unchanged"})
-#: What ``/readyz`` says before the first attempt has ended.
-NOT_LOADED_YET = "no list loaded yet"
-
-#: The folder holding the ``noflylist`` and ``enclave`` packages: places inside it are
-#: shown relative to it (``noflylist/envelope.py:122``).
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Pause between attempts at the first load, doubling up to the ceiling: IMDS, KMS or S3 may
+#: be briefly unreachable while an instance boots, and a crash loop would only hide the
+#: cause (and, in an enclave, an exited service ends the enclave).
+FIRST_LOAD_RETRY = 2.0
+FIRST_LOAD_RETRY_MAX = 60.0
 
 
-class RollbackError(EnclaveError):
-    """The envelope is older than the list in service."""
+class Service:
+    """The running service; :meth:`stop` may be called from any thread or signal handler.
 
-
-class LoadError(EnclaveError):
-    """A load failed with an exception no module raised as its own error: a bug, or an
-    input a parser did not bound. The message names the type and place, never the text."""
-
-
-#: Makes the source and the decryptor, at the first load (see :class:`ListHolder`).
-Opener = Callable[[], "tuple[Source, envelope.DataKeyDecryptor]"]
-
-
-@dataclass(frozen=True)
-class ListInService:
-    """One loaded list. Nothing here is secret: the table holds only keyed digests."""
-
-    table: ScreeningTable
-    serial: int
-    format: str
-    envelope_sha256: bytes
-    loaded_at: float
-    #: The source's version of the envelope in service (ETag, digest): polls ask for changes
-    #: relative to it, so an envelope that failed to load is tried again at the next poll.
-    source_version: str = ""
-
-    @property
-    def entries(self) -> int:
-        return len(self.table)
-
-
-@dataclass(frozen=True)
-class LoadStatus:
-    """A snapshot of the load state, replaced whole after each attempt: what ``/readyz``
-    shows. Times are Unix times for display, with monotonic twins for ages, so a step of
-    the wall clock cannot make a list look fresh or ancient."""
-
-    current: ListInService | None = None
-    #: How the last attempt ended (one of OUTCOMES); None before the first has ended.
-    outcome: str | None = None
-    attempted_at: float = 0.0
-    succeeded_at: float = 0.0
-    #: Why the last attempt failed or was refused; None after a success.
-    error: str | None = NOT_LOADED_YET
-    failures_in_a_row: int = 0
-    #: Why a loop that loads lists stopped by accident; None while they run.
-    loader_stopped: str | None = None
-    loaded_monotonic: float = 0.0
-    succeeded_monotonic: float = 0.0
-
-    def list_age(self) -> float | None:
-        """Seconds since the list in service was swapped in; None without one."""
-        return None if self.current is None else time.monotonic() - self.loaded_monotonic
-
-    def since_success(self) -> float | None:
-        """Seconds since an attempt last succeeded; None if none has."""
-        return None if not self.succeeded_monotonic else (
-            time.monotonic() - self.succeeded_monotonic
-        )
-
-
-def where_raised(exc: BaseException) -> str:
-    """``RecursionError at json/decoder.py:353 (from noflylist/envelope.py:122)``.
-
-    The exception's type, the innermost place it passed through and, if that is not in
-    this project's folder, the innermost place that is. Never the message: a foreign
-    exception's message can quote the input (``invalid literal for int(): 'Big Bird'``).
-    The frames are walked, not formatted, so no source line is read and no local touched.
-    (Installed, the project's folder is site-packages, shared with other packages: the
-    second place is a hint for finding the bug, nothing more.)
-    """
-    places = [
-        (frame.f_code.co_filename, lineno)
-        for frame, lineno in traceback.walk_tb(exc.__traceback__)
-    ]
-    text = type(exc).__name__
-    if not places:
-        return text
-    filename, lineno = places[-1]
-    ours = _project_path(filename)
-    text += f" at {ours or '/'.join(Path(filename).parts[-2:])}:{lineno}"
-    if ours is None:
-        inside = [(path, n) for f, n in places if (path := _project_path(f)) is not None]
-        if inside:
-            text += " (from {}:{})".format(*inside[-1])
-    return text
-
-
-@functools.lru_cache(maxsize=256)
-def _project_path(filename: str) -> str | None:
-    """``noflylist/envelope.py`` for a file in the project's folder, else None."""
-    try:
-        return Path(filename).resolve().relative_to(_PROJECT_ROOT).as_posix()
-    except ValueError:
-        return None
-
-
-class ListHolder:
-    """Owns the list in service and the load state. ``screen`` is lock-free; loads are
-    serialised by a lock.
-
-    Give ``source`` and ``decryptor``, or ``None`` for both and an ``opener`` that makes
-    them: ``serve`` cannot make its KMS and S3 clients before it knows the AWS region, which
-    may come from an instance metadata service that is not reachable yet at boot. The
-    opener is called by each load until it succeeds once; its failures are load failures
-    like any other (counted, shown by ``/readyz``, retried by the caller).
+    The constructor checks everything that needs no network and raises for what no retry
+    can fix; what has to be asked for (the region from IMDS) is asked by the first load.
     """
 
     def __init__(
         self,
-        source: Source | None,
-        decryptor: envelope.DataKeyDecryptor | None,
-        metrics: Metrics,
+        config: ServeConfig,
         *,
-        pinned_key_id: str | None = None,
-        opener: Opener | None = None,
+        environ: Mapping[str, str] | None = None,
+        simulated_module: SecureModule | None = None,
     ) -> None:
-        self._opened: tuple[Source, envelope.DataKeyDecryptor] | None = None
-        if source is not None and decryptor is not None and opener is None:
-            self._opened = (source, decryptor)
-        elif source is not None or decryptor is not None or opener is None:
-            raise ValueError("give a source and a decryptor, or an opener instead of both")
-        self._opener = opener
-        self._pinned_key_id = pinned_key_id
-        self._metrics = metrics
-        self._load_lock = threading.Lock()
-        self._state_lock = threading.Lock()  # short: a status update, never held over I/O
-        self.current: ListInService | None = None
-        self._status = LoadStatus()
-        use_returnable_memory()  # before the first load: see its docstring
-        self._register_gauges(metrics)
-
-    @property
-    def source(self) -> Source | None:
-        """The envelope's source; None until the opener (if any) has made it."""
-        return None if self._opened is None else self._opened[0]
-
-    @property
-    def status(self) -> LoadStatus:
-        """The load state now, one consistent snapshot."""
-        return self._status
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last attempt failed; None after a success."""
-        return self._status.error
-
-    def screen(self, name: str) -> bool | None:
-        """Is ``name`` listed? ``None`` while no list is loaded (fail closed)."""
-        current = self.current  # one read: a concurrent swap cannot split this lookup
-        if current is None:
-            return None
-        return current.table.contains(name)
-
-    def reload(self, *, only_if_changed: bool) -> bool:
-        """Open the source (once), fetch, check, decrypt and swap in the envelope; ``True``
-        if a new list is in service.
-
-        Raises the cause on failure (after logging and counting it), as a
-        :class:`LoadError` if it is not an :class:`EnclaveError`; the list in service, if
-        any, stays.
-        """
-        with self._load_lock:
-            unexpected: str | None = None
-            try:
-                loaded = self._load(only_if_changed=only_if_changed)
-            except EnclaveError as exc:
-                outcome = "refused" if isinstance(exc, RollbackError) else "failed"
-                self._finish(outcome, str(exc))
-                log.error(
-                    "loading the envelope from %s failed: %s (%s)",
-                    self._description(),
-                    exc,
-                    self._keeping(),
-                )
-                raise
-            except Exception as exc:  # the supervision boundary: see the module docstring
-                unexpected = where_raised(exc)
-            if unexpected is not None:
-                # Raised outside the except block, so the new error holds no reference to
-                # the old one's frames (whose locals may be decrypted names).
-                failure = LoadError(
-                    f"unexpected {unexpected} while loading the envelope (a bug: please "
-                    "report it)"
-                )
-                self._finish("failed", str(failure))
-                log.error(
-                    "loading the envelope from %s failed: %s (%s)",
-                    self._description(),
-                    failure,
-                    self._keeping(),
-                )
-                raise failure
-            if loaded is None:
-                self._finish("unchanged", None)
-                return False
-            self.current = loaded
-            self._finish("loaded", None)
-            _return_freed_memory()
-            log.info(
-                "list in service: %d entries, serial %d, %s format, envelope sha256 %s, from %s",
-                loaded.entries,
-                loaded.serial,
-                loaded.format,
-                loaded.envelope_sha256.hex()[:16],
-                self._description(),
-            )
-            return True
-
-    def note_loop_failure(self, exc: BaseException, loop: str) -> None:
-        """Count and show an exception that escaped :meth:`reload` into ``loop`` (a bug).
-
-        The loop goes on; this records a failed load so that the failure is visible in
-        ``/readyz`` and ``/metrics``, and logs the type and place only.
-        """
-        reason = f"unexpected {where_raised(exc)} in {loop} (a bug: please report it)"
-        self._finish("failed", reason)
-        log.error("%s; %s", reason, self._keeping())
-
-    def note_loader_stopped(self, loop: str, exc: BaseException | None) -> None:
-        """A loop that loads lists has ended although nobody stopped the service (a bug).
-
-        From now on ``/readyz`` answers 503 with this reason and
-        ``noflylist_list_loader_running`` is 0: no list will be loaded again, and a service
-        whose list can no longer change should say so, not look healthy.
-        """
-        cause = "returned" if exc is None else f"died with {where_raised(exc)}"
-        reason = (
-            f"{loop} {cause} (a bug: please report it); no list will be loaded again until "
-            "the service is restarted"
+        self.config = config
+        self._environ = environ
+        self._credentials = CredentialProvider(environ)
+        self._region = region_from_environment(environ)  # None: ask IMDS at the first load
+        check_location(config.envelope)
+        http_client.check_settings(os.environ if environ is None else environ)
+        self._module = open_module(config.attestation, simulated_module=simulated_module)
+        #: Made by the first load, once the region is known.
+        self.kms: KMSClient | None = None
+        self.metrics = Metrics()
+        self.metrics.gauges["noflylist_kms_calls"] = (
+            "KMS API calls made by this process.",
+            lambda: float(self.kms.calls if self.kms else 0),
         )
-        with self._state_lock:
-            self._status = replace(self._status, loader_stopped=reason)
-        log.critical("%s", reason)
-
-    def _finish(self, outcome: str, error: str | None) -> None:
-        """Record how an attempt ended: the counter, then one new status snapshot."""
-        self._metrics.count(LOADS, outcome)
-        now, monotonic = time.time(), time.monotonic()
-        with self._state_lock:
-            old = self._status
-            succeeded = outcome in SUCCESSES
-            swapped = old.current is not self.current
-            self._status = replace(
-                old,
-                current=self.current,
-                outcome=outcome,
-                attempted_at=now,
-                error=None if succeeded else error,
-                failures_in_a_row=0 if succeeded else old.failures_in_a_row + 1,
-                succeeded_at=now if succeeded else old.succeeded_at,
-                succeeded_monotonic=monotonic if succeeded else old.succeeded_monotonic,
-                loaded_monotonic=monotonic if swapped else old.loaded_monotonic,
-            )
-
-    def _description(self) -> str:
-        source = self.source
-        return "the envelope source (not opened yet)" if source is None else source.description
-
-    def _keeping(self) -> str:
-        return "keeping the list in service" if self.current else "no list in service"
-
-    def _register_gauges(self, metrics: Metrics) -> None:
-        def age() -> float:
-            seconds = self._status.list_age()
-            return -1.0 if seconds is None else seconds
-
-        gauges = {
-            "noflylist_list_entries": (
-                "Distinct names in the list in service.",
-                lambda: float(self.current.entries if self.current else 0),
-            ),
-            "noflylist_list_serial": (
-                "Serial of the envelope in service (0 for the fernet format).",
-                lambda: float(self.current.serial if self.current else -1),
-            ),
-            "noflylist_list_loaded_timestamp_seconds": (
-                "When the list in service was loaded (Unix time).",
-                lambda: self.current.loaded_at if self.current else 0.0,
-            ),
-            "noflylist_list_age_seconds": (
-                "Seconds since the list in service was swapped in (-1: no list).",
-                age,
-            ),
-            "noflylist_list_last_load_timestamp_seconds": (
-                "When the last load attempt ended, whatever its outcome (Unix time).",
-                lambda: self._status.attempted_at,
-            ),
-            "noflylist_list_last_load_success": (
-                "1 if the last load attempt loaded a list or found it unchanged, else 0.",
-                lambda: float(self._status.outcome in SUCCESSES),
-            ),
-            "noflylist_list_last_success_timestamp_seconds": (
-                "When the source last confirmed the list in service (Unix time); alert on "
-                "its age.",
-                lambda: self._status.succeeded_at,
-            ),
-            "noflylist_list_failures_in_a_row": (
-                "Failed or refused load attempts since the last success.",
-                lambda: float(self._status.failures_in_a_row),
-            ),
-            "noflylist_list_loader_running": (
-                "0 once a loop that loads lists has stopped by accident (restart).",
-                lambda: float(self._status.loader_stopped is None),
-            ),
-        }
-        metrics.gauges.update(gauges)
-
-    def _load(self, *, only_if_changed: bool) -> ListInService | None:
-        started = time.monotonic()
-        if self._opened is None:
-            assert self._opener is not None  # checked by __init__
-            self._opened = self._opener()
-        source, decryptor = self._opened
-        current = self.current
-        in_service = current.source_version if (only_if_changed and current) else None
-        fetched = source.fetch(unless_version=in_service)
-        if fetched is None:
-            return None
-        data = fetched.data
-        digest = hashlib.sha256(data).digest()
-        if current is not None and digest == current.envelope_sha256:
-            return None
-        parsed = envelope.parse(data)
-        _check_not_older(parsed, current)
-        names = envelope.decrypt(parsed, decryptor, pinned_key_id=self._pinned_key_id)
-        table = ScreeningTable.build(names)
-        del names
-        log.info("envelope decrypted and table built in %.2f s", time.monotonic() - started)
-        return ListInService(
-            table, parsed.serial, parsed.format, digest, time.time(), fetched.version
+        self.metrics.gauges["noflylist_kms_errors"] = (
+            "KMS API calls that failed (after retries).",
+            lambda: float(self.kms.errors if self.kms else 0),
+        )
+        self.holder = ListHolder(
+            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open
+        )
+        self.server = Server(
+            self.holder,
+            self.metrics,
+            host=config.host,
+            port=config.port,
+            workers=config.workers,
+            log_format=config.log_format,
+            extra_routes=_attestation_routes(self._module, self.holder, config.attestation),
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        log.info(
+            "noflylist: starting; attestation %s, region %s, credentials from %s",
+            config.attestation,
+            self._region or "from IMDS at the first load",
+            self._credentials.source,
         )
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address
 
-#: glibc's ``mallopt`` parameter number for the mmap threshold (``M_MMAP_THRESHOLD``).
-_M_MMAP_THRESHOLD = -3
-#: glibc's default mmap threshold. Setting it explicitly (even to the default) turns off
-#: glibc's habit of raising it after a large block is freed.
-_MMAP_THRESHOLD_BYTES = 128 * 1024
+    def run(self) -> None:
+        """Serve until :meth:`stop`; returns after draining."""
+        server_thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        server_thread.start()
+        host, port = self.address
+        log.info("listening on http://%s:%d", host, port)
+        loader = threading.Thread(target=self._supervised_loader, name="loader", daemon=True)
+        loader.start()
+        self._stop.wait()
+        log.info("stopping: draining in-flight requests")
+        self.server.shutdown()
+        server_thread.join(timeout=30)
+        log.info("stopped")
 
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
 
-def _glibc() -> ctypes.CDLL | None:
-    """The C library, if it is glibc (it has ``malloc_trim``); None elsewhere."""
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    def reload(self) -> None:
+        """What SIGHUP does: fetch the envelope again now, whatever the source."""
+        self._wake.set()
 
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.stop()
 
-def use_returnable_memory() -> None:
-    """Have glibc give large freed blocks back to the kernel at once. Called once at start.
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: reloading the envelope")
+            self.reload()
 
-    A load makes a few buffers of tens of MiB (the decrypted list, the fingerprints, the
-    table). By default glibc raises its mmap threshold each time such a block is freed (up
-    to 32 MiB), so the next ones come from a heap; in a thread's heap (reloads run on a
-    thread) freed memory at the top stays resident, and ``malloc_trim`` does not shrink
-    it: about 9 bytes a name at 2M names. A fixed threshold keeps such blocks in their own
-    mappings, which ``free`` returns (zeroed by the kernel) at once.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
 
-
-def _return_freed_memory() -> None:
-    """Ask glibc to give freed heap pages back to the kernel after a load.
-
-    Decrypting and building leave freed blocks that glibc keeps for reuse: they inflate
-    resident memory per entry and keep fragments of listed names readable in the process's
-    free memory until overwritten. ``malloc_trim(0)`` releases what it can; elsewhere than
-    glibc this does nothing.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def _check_not_older(parsed: envelope.Envelope, current: ListInService | None) -> None:
-    """Refuse rollback: a changed v2 envelope must carry a higher serial than the one in use."""
-    if current is None:
-        return
-    if parsed.format == envelope.FORMAT_V2 and parsed.serial <= current.serial:
-        raise RollbackError(
-            f"envelope serial {parsed.serial} is not newer than serial {current.serial} in "
-            "service; refusing to roll back (seal the new list with a higher --serial)"
+    def _open(self) -> tuple[Source, Decryptor]:
+        """The holder's opener: the region (from IMDS if need be), then the KMS client, the
+        decryptor and the source. Called by each load until it succeeds once."""
+        region = self._region or region_from_imds(self._environ)
+        kms = KMSClient(region, self._credentials, environ=self._environ)
+        decryptor = make_decryptor(self.config.attestation, kms, self._module)
+        source = open_source(
+            self.config.envelope, region=region, credentials=self._credentials,
+            environ=self._environ,
+        )  # fmt: skip
+        self._region, self.kms = region, kms
+        log.info(
+            "noflylist: attestation %s, envelope %s, KMS %s (%s), credentials from %s",
+            decryptor.mode,
+            source.description,
+            kms.endpoint,
+            region,
+            self._credentials.source,
         )
-    if parsed.format == envelope.FORMAT_FERNET:
-        if current.format == envelope.FORMAT_V2:
-            raise RollbackError(
-                "a fernet-format envelope has no serial and cannot replace a v2 list in service"
-            )
-        log.warning("fernet-format envelopes carry no serial: rollback cannot be detected")
+        return source, decryptor
 
-
-def refresh_loop(
-    holder: ListHolder, interval: float, stop: threading.Event, wake: threading.Event
-) -> None:
-    """Poll the source every ``interval`` seconds (when pollable), or at once when woken.
-
-    ``wake`` is set by SIGHUP: that forces a full fetch, for every kind of source. To end
-    the loop, set ``stop`` and then ``wake``.
-    Failures are logged and counted by :meth:`ListHolder.reload`; anything else that goes
-    wrong in an iteration is counted by :meth:`ListHolder.note_loop_failure`. Either way
-    the loop goes on, and the old list stays in service.
-    """
-    while not stop.is_set():
-        source = holder.source
-        pollable = source is not None and source.pollable and interval > 0
-        forced = wake.wait(timeout=interval if pollable else None)
-        if stop.is_set():
-            return
-        wake.clear()
-        if not forced and not pollable:
-            continue
+    def _supervised_loader(self) -> None:
+        """The loader thread. Its loops survive any exception; if they end all the same
+        while the service runs, that is a bug, and the holder is told so that ``/readyz``
+        and ``/metrics`` show it."""
         try:
-            holder.reload(only_if_changed=not forced)
+            self._load_then_refresh()
+        except BaseException as exc:  # reported, not re-raised: its message may quote data
+            self.holder.note_loader_stopped("the loader thread", exc)
+            return
+        if not self._stop.is_set():
+            self.holder.note_loader_stopped("the loader thread", None)
+
+    def _load_then_refresh(self) -> None:
+        pause = FIRST_LOAD_RETRY
+        while not self._stop.is_set():
+            if self._first_load():
+                break
+            log.info("retrying the first load in %.0f s", pause)  # cause logged already
+            if self._wake.wait(timeout=pause):
+                self._wake.clear()
+            pause = min(pause * 2, FIRST_LOAD_RETRY_MAX)
+        refresh_loop(self.holder, self.config.refresh_interval, self._stop, self._wake)
+
+    def _first_load(self) -> bool:
+        """One attempt at the first load; ``True`` once a list is in service."""
+        try:
+            return self.holder.reload(only_if_changed=False)
         except EnclaveError:
-            pass  # already logged and counted; the old list stays in service
+            return False  # logged and counted by the holder
         except Exception as exc:  # a bug outside reload's own boundary: count it, go on
-            holder.note_loop_failure(exc, "the refresh loop")
+            self.holder.note_loop_failure(exc, "the first load")
+            return False
+
+
+def _attestation_routes(
+    module: SecureModule | None, holder: ListHolder, mode: str
+) -> dict[str, RouteHandler]:
+    """``GET /enclave/attestation`` where there is a module to attest with."""
+    if module is None:
+        return {}
+    return {ATTESTATION_PATH: AttestationRoute(module, holder, mode=mode)}

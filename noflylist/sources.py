@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from enclave import http
+from enclave import http_client
 from enclave.awscall import CredentialSource
 from enclave.errors import EnclaveError
 from enclave.s3 import S3Client, parse_s3_url
@@ -114,14 +114,14 @@ class HTTPSSource:
         elif unless_version:
             headers["If-None-Match"] = unless_version
         try:
-            response = http.request(
+            response = http_client.request(
                 "GET",
                 self._url,
                 headers=headers,
                 max_response_bytes=MAX_ENVELOPE_BYTES,
                 environ=self._environ,
             )
-        except http.TransportError as exc:
+        except http_client.TransportError as exc:
             raise SourceError(f"cannot fetch envelope from {self.description}: {exc}") from None
         if response.status == 304 and unless_version:
             return None

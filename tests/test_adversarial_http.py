@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from noflylist import connections, envelope
+from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
-from noflylist.server import Server
-from noflylist.service import ListHolder
 from noflylist.sources import FileSource
+from noflylist.tools import seal
+from noflylist.transport import loop as connections
+from noflylist.transport.server import Server
 from tests.support.fake_kms import FakeDataKeys
 
 LISTED = ("Big Bird", "Oscar the Grouch", "Cookie Monster")
@@ -61,7 +62,7 @@ def start_server(tmp_path: Path, **server_options: object) -> tuple[Server, thre
     """A loaded service on a free loopback port (FakeDataKeys stands in for KMS)."""
     kms = FakeDataKeys()
     path = tmp_path / "envelope.json"
-    path.write_bytes(envelope.seal_v2(LISTED, kms, "k", serial=1))
+    path.write_bytes(seal.seal_v2(LISTED, kms, "k", serial=1))
     metrics = Metrics()
     holder = ListHolder(FileSource(str(path)), kms, metrics)
     holder.reload(only_if_changed=False)

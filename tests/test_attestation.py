@@ -25,8 +25,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave import attestation
-from enclave.attestation import AttestationError, verify
+from noflylist.client import attestation
+from noflylist.client.attestation import AttestationError, verify
 from tests.conftest import VECTORS
 from tests.support.stack import with_frames_left
 
@@ -283,7 +283,7 @@ def test_debug_document_is_refused_unless_allowed_and_allowing_it_logs_a_warning
 ) -> None:
     with pytest.raises(AttestationError, match=r"^step 5 .*PCR0 is all zero"):
         verify(_document(DEBUG), now=_time(DEBUG))
-    with caplog.at_level(logging.WARNING, logger="enclave.attestation"):
+    with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
         result = verify(_document(DEBUG), now=_time(DEBUG), allow_debug=True)
     assert "UNSAFE" in caplog.text and "debug-mode" in caplog.text
     # Debug mode zeroes the image measurements but still fills PCR3 and PCR4.
@@ -504,7 +504,7 @@ def test_forged_document_verifies_only_against_its_own_root_and_warns(
     root, intermediate, leaf = pki
     for tagged in (False, True):
         document = _forge(leaf, [root.der, intermediate.der], tagged=tagged)
-        with caplog.at_level(logging.WARNING, logger="enclave.attestation"):
+        with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
             result = verify(document, root=root.cert, now=FORGED_NOW)
         assert result.certificate == leaf.cert
         assert "caller-supplied root" in caplog.text

@@ -24,14 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import enclave
 import noflylist
 from enclave import cms
-from enclave.attested import AttestedDecryptor, UnsafeUnattestedDecryptor
+from enclave.attested_decrypt import AttestedDecryptor, UnsafeUnattestedDecryptor
 from enclave.kms import KMSClient, KMSError, Recipient
 from enclave.nsm import SecureModule
 from enclave.retry import RetryPolicy
 from enclave.sigv4 import Credentials
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.kms_server import LocalKMS
-from enclave.simulator.nsm import SimulatedNSM, measure_pcr0
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.kms_server import LocalKMS
+from noflylist_simulator.nsm import SimulatedNSM, measure_pcr0
 from tests.conftest import VECTORS
 from tests.test_cms import OAEP_SHA256_KEYOPTS, _openssl
 
@@ -155,7 +155,7 @@ def test_one_changed_source_line_changes_pcr0_and_is_denied(
         shutil.copytree(source, tree / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     built = measure_pcr0(tree / "enclave", tree / "noflylist")
     assert built == measure_pcr0()  # a faithful copy measures like the installed source
-    screening = tree / "noflylist" / "screening.py"
+    screening = tree / "noflylist" / "table.py"
     lines = screening.read_text().splitlines(keepends=True)
     index = next(i for i, line in enumerate(lines) if line.strip().startswith("return"))
     lines[index] = lines[index].rstrip("\n") + "  # one edited line\n"

@@ -26,6 +26,7 @@ from enclave.kms import KMSClient, KMSError
 from enclave.retry import RetryPolicy
 from enclave.s3 import S3Client, S3Error
 from enclave.sigv4 import Credentials
+from noflylist.tools import seal
 from tests.support.moto_server import MotoServer
 from tests.support.service_client import ask, free_port, wait_ready
 
@@ -292,9 +293,8 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
 ) -> None:
     """The refresh path for real: S3 GetObject with If-None-Match through moto, KMS Decrypt
     through moto, the service in this process on a free port."""
-    from noflylist import envelope
-    from noflylist.app import Service
     from noflylist.config import ServeConfig
+    from noflylist.service import Service
 
     key_arn = create_key(moto_server)
     bucket = "noflylist-refresh"
@@ -313,7 +313,7 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
     }
     kms = kms_client(moto_server, credentials)
     s3 = S3Client(moto_server.region, Static(credentials), environ=environ, retry=FAST)
-    s3.put_object(bucket, "envelope.json", envelope.seal_v2(["bert"], kms, key_arn, serial=10))
+    s3.put_object(bucket, "envelope.json", seal.seal_v2(["bert"], kms, key_arn, serial=10))
     config = ServeConfig(
         envelope=f"s3://{bucket}/envelope.json",
         port=free_port(),
@@ -328,11 +328,11 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
     try:
         wait_ready(base)
         assert "CAN NOT BOARD" in ask(base, "Bert")
-        s3.put_object(bucket, "envelope.json", envelope.seal_v2(["ernie"], kms, key_arn, serial=11))
+        s3.put_object(bucket, "envelope.json", seal.seal_v2(["ernie"], kms, key_arn, serial=11))
         _wait_until(lambda: "CAN NOT BOARD" in ask(base, "Ernie"))
         assert "cleared" in ask(base, "Bert")
         loads_before = service.metrics.events("noflylist_list_loads_total", "refused")
-        s3.put_object(bucket, "envelope.json", envelope.seal_v2(["bert"], kms, key_arn, serial=9))
+        s3.put_object(bucket, "envelope.json", seal.seal_v2(["bert"], kms, key_arn, serial=9))
         _wait_until(
             lambda: service.metrics.events("noflylist_list_loads_total", "refused") > loads_before
         )
@@ -383,7 +383,7 @@ def test_seal_writes_an_envelope_that_opens_with_the_listed_names(
         def no_botocore(profile: str | None) -> None:
             raise ImportError("botocore")
 
-        monkeypatch.setattr(cli, "_BotocoreDataKeys", no_botocore)
+        monkeypatch.setattr(seal, "_BotocoreDataKeys", no_botocore)
     output = tmp_path / "envelope.json"
     status = cli.main(
         ["seal", "--key-id", key_arn, "--input", str(tmp_path / "list.txt"),
@@ -406,12 +406,11 @@ def test_seal_writes_an_envelope_that_opens_with_the_listed_names(
 
 
 def test_serve_reloads_a_file_envelope_on_sighup(moto_server: MotoServer, tmp_path: Path) -> None:
-    from noflylist import envelope
 
     key_arn = create_key(moto_server)
     kms = kms_client(moto_server, moto_server.user_credentials)
     path = tmp_path / "envelope.json"
-    path.write_bytes(envelope.seal_v2(["bert"], kms, key_arn, serial=1))
+    path.write_bytes(seal.seal_v2(["bert"], kms, key_arn, serial=1))
     port = free_port()
     env = {
         **_moto_env(moto_server),
@@ -428,7 +427,7 @@ def test_serve_reloads_a_file_envelope_on_sighup(moto_server: MotoServer, tmp_pa
     try:
         wait_ready(base)
         assert "CAN NOT BOARD" in ask(base, "Bert")
-        path.write_bytes(envelope.seal_v2(["ernie"], kms, key_arn, serial=2))
+        path.write_bytes(seal.seal_v2(["ernie"], kms, key_arn, serial=2))
         assert "cleared" in ask(base, "Ernie")  # a file is not polled: nothing changes yet
         process.send_signal(signal.SIGHUP)
         _wait_until(lambda: "CAN NOT BOARD" in ask(base, "Ernie"))

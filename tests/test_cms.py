@@ -31,7 +31,7 @@ from enclave.cms import (
     parse_enveloped_data,
     subject_key_identifier,
 )
-from enclave.simulator.cms_writer import encode_enveloped_data
+from noflylist_simulator.cms_writer import encode_enveloped_data
 from tests.conftest import VECTORS
 from tests.support import ber_tree
 from tests.support.stack import with_frames_left

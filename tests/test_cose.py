@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave import cose
+from noflylist.client import cose
 from tests.conftest import VECTORS
 from tests.support.stack import with_frames_left
 

@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave.kms import KMSError
 from noflylist import envelope
 from noflylist.envelope import EnvelopeError
+from noflylist.tools import seal
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 
 NAMES = ["bigbird", "Oscar, the Grouch", "zoë", "两个头的怪物"]
 
 
 def sealed(kms: FakeDataKeys) -> dict[str, Any]:
-    document = envelope.seal_v2(NAMES, kms, "alias/noflylist", serial=3)
+    document = seal.seal_v2(NAMES, kms, "alias/noflylist", serial=3)
     value: dict[str, Any] = json.loads(document)
     return value
 
@@ -43,7 +44,7 @@ def test_v2_round_trip_keeps_names_with_commas_and_unicode() -> None:
 
 def test_v2_envelope_holds_no_plaintext_name() -> None:
     kms = FakeDataKeys()
-    document = envelope.seal_v2(NAMES, kms, "k", serial=1)
+    document = seal.seal_v2(NAMES, kms, "k", serial=1)
     for name in NAMES:
         assert name.encode() not in document
         assert name.encode("unicode_escape") not in document
@@ -82,7 +83,7 @@ def test_v2_changed_ciphertext_fails_authentication() -> None:
 
 def test_v2_entry_count_must_match_the_list() -> None:
     kms = FakeDataKeys()
-    document = envelope.seal_v2(NAMES, kms, "k", serial=1)
+    document = seal.seal_v2(NAMES, kms, "k", serial=1)
     parsed = envelope.parse(document)
     lying = envelope.Envelope(**{**parsed.__dict__, "entries": len(NAMES) + 1})
     names = envelope.decrypt(lying, kms)
@@ -97,7 +98,7 @@ def test_v2_entry_count_must_match_the_list() -> None:
 def _resealed_body(kms: FakeDataKeys, body: bytes) -> envelope.Envelope:
     """A genuine envelope whose authenticated list is ``body`` (bytes no sealer of ours
     writes), sealed under the same data key, nonce and header."""
-    parsed = envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1))
+    parsed = envelope.parse(seal.seal_v2(NAMES, kms, "k", serial=1))
     data_key = kms.decrypt(parsed.data_key_ciphertext, encryption_context=parsed.encryption_context)
     ciphertext = AESGCM(data_key).encrypt(parsed.nonce, body, parsed.associated_data)
     return envelope.Envelope(**{**parsed.__dict__, "ciphertext": ciphertext, "entries": None})
@@ -132,7 +133,7 @@ def _capture_buffer(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
 def test_v2_decrypted_list_is_zeroed_once_read(monkeypatch: pytest.MonkeyPatch) -> None:
     buffers = _capture_buffer(monkeypatch)
     kms = FakeDataKeys()
-    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    names = envelope.decrypt(envelope.parse(seal.seal_v2(NAMES, kms, "k", serial=1)), kms)
     assert next(names) == NAMES[0]
     assert b"Grouch" in buffers[0]  # still being read
     assert list(names) == NAMES[1:]
@@ -144,7 +145,7 @@ def test_v2_decrypted_list_is_zeroed_when_the_reader_stops_early(
 ) -> None:
     buffers = _capture_buffer(monkeypatch)
     kms = FakeDataKeys()
-    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    names = envelope.decrypt(envelope.parse(seal.seal_v2(NAMES, kms, "k", serial=1)), kms)
     assert next(names) == NAMES[0]
     names.close()  # what happens when the table build fails or the generator is dropped
     assert buffers[0] == bytes(len(buffers[0]))
@@ -219,7 +220,7 @@ def test_public_demo_fernet_envelope_opens() -> None:
 
 def test_our_fernet_seal_is_what_the_public_demo_reads() -> None:
     kms = FakeDataKeys()
-    document = json.loads(envelope.seal_fernet(["bigbird", "bert"], kms, "k"))
+    document = json.loads(seal.seal_fernet(["bigbird", "bert"], kms, "k"))
     assert set(document) == {"data-key-ciphertext-base64", "aes-ciphertext-base64"}
     # The public demo's reader: base64 of the KMS plaintext is the Fernet key.
     plaintext_key = kms.decrypt(base64.b64decode(document["data-key-ciphertext-base64"]))
@@ -229,7 +230,7 @@ def test_our_fernet_seal_is_what_the_public_demo_reads() -> None:
 
 def test_fernet_seal_refuses_names_with_commas() -> None:
     with pytest.raises(EnvelopeError, match="use --format v2"):
-        envelope.seal_fernet(["Oscar, the Grouch"], FakeDataKeys(), "k")
+        seal.seal_fernet(["Oscar, the Grouch"], FakeDataKeys(), "k")
 
 
 def test_fernet_token_under_another_key_fails_cleanly() -> None:
@@ -246,7 +247,7 @@ def test_fernet_token_under_another_key_fails_cleanly() -> None:
 def test_sealing_refuses_empty_or_multi_line_names() -> None:
     for bad in (["ok", "  "], ["two\nlines"]):
         with pytest.raises(EnvelopeError, match="one non-empty line"):
-            envelope.seal_v2(bad, FakeDataKeys(), "k", serial=1)
+            seal.seal_v2(bad, FakeDataKeys(), "k", serial=1)
 
 
 def _assert_no_names(text: str) -> None:
@@ -307,9 +308,9 @@ DEEP = 300_000
          "encryption_context"),
         (lambda kms: _v2_with(kms, "encryption_context", b'{"\\udc00": "x"}'),
          "encryption_context"),
-        (lambda kms: envelope.seal_v2(NAMES, kms, "k", serial=3).decode().encode("utf-16"),
+        (lambda kms: seal.seal_v2(NAMES, kms, "k", serial=3).decode().encode("utf-16"),
          "not UTF-8"),
-        (lambda kms: b"\xef\xbb\xbf" + envelope.seal_v2(NAMES, kms, "k", serial=3),
+        (lambda kms: b"\xef\xbb\xbf" + seal.seal_v2(NAMES, kms, "k", serial=3),
          "byte-order mark"),
     ],
     ids=["deep arrays", "deep objects", "deep encryption_context", "nested context value",
@@ -335,7 +336,7 @@ def _fernet_document(kms: FakeDataKeys) -> bytes:
 @pytest.mark.parametrize("which", ["v2", "fernet"])
 def test_every_truncation_of_either_format_raises_envelope_error(which: str) -> None:
     kms = FakeDataKeys()
-    document = (envelope.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
+    document = (seal.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
                 else _fernet_document(kms)).rstrip()  # fmt: skip
     assert envelope.parse(document).format in ("noflylist-envelope-v2", "fernet")
     for end in range(len(document)):
@@ -350,7 +351,7 @@ def test_a_valid_document_followed_by_garbage_raises_envelope_error(
     which: str, tail: bytes
 ) -> None:
     kms = FakeDataKeys()
-    document = (envelope.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
+    document = (seal.seal_v2(NAMES, kms, "k", serial=3) if which == "v2"
                 else _fernet_document(kms))  # fmt: skip
     _refusal(document + tail)
 
@@ -398,11 +399,11 @@ def test_any_value_in_any_fernet_field_is_refused_or_fails_authentication(field:
 
 def test_the_largest_serial_round_trips_and_sealing_refuses_a_larger_one() -> None:
     kms = FakeDataKeys()
-    document = envelope.seal_v2(NAMES, kms, "k", serial=envelope.MAX_COUNT)
+    document = seal.seal_v2(NAMES, kms, "k", serial=envelope.MAX_COUNT)
     assert envelope.parse(document).serial == 2**53 - 1
     for bad in (envelope.MAX_COUNT + 1, -1):
         with pytest.raises(EnvelopeError, match=r"serial must be an integer in 0\.\."):
-            envelope.seal_v2(NAMES, kms, "k", serial=bad)
+            seal.seal_v2(NAMES, kms, "k", serial=bad)
 
 
 def test_a_failure_no_check_foresaw_in_parse_is_an_envelope_error_naming_only_its_type(
@@ -412,7 +413,7 @@ def test_a_failure_no_check_foresaw_in_parse_is_an_envelope_error_naming_only_it
         raise KeyError(MARKER)  # as a bug in a field check would
 
     monkeypatch.setattr(envelope, "_parse_v2", broken)
-    message = _refusal(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=3))
+    message = _refusal(seal.seal_v2(NAMES, FakeDataKeys(), "k", serial=3))
     assert "KeyError while parsing the envelope" in message
 
 
@@ -425,7 +426,7 @@ def test_a_failure_no_check_foresaw_while_reading_names_is_an_envelope_error(
 
     monkeypatch.setattr(envelope, "_lines_then_wipe", broken)
     kms = FakeDataKeys()
-    names = envelope.decrypt(envelope.parse(envelope.seal_v2(NAMES, kms, "k", serial=1)), kms)
+    names = envelope.decrypt(envelope.parse(seal.seal_v2(NAMES, kms, "k", serial=1)), kms)
     assert next(names) == "first"
     with pytest.raises(EnvelopeError, match="UnicodeError while reading the") as caught:
         next(names)
@@ -440,7 +441,7 @@ def test_the_decryptors_own_errors_pass_through_unchanged() -> None:
         def decrypt(self, ciphertext_blob: bytes, **_: object) -> bytes:
             raise refusal
 
-    parsed = envelope.parse(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
+    parsed = envelope.parse(seal.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
     with pytest.raises(KMSError) as caught:
         envelope.decrypt(parsed, Refusing())
     assert caught.value is refusal
@@ -451,6 +452,6 @@ def test_a_data_key_that_is_not_bytes_is_an_envelope_error() -> None:
         def decrypt(self, ciphertext_blob: bytes, **_: object) -> str:
             return "k" * 32
 
-    parsed = envelope.parse(envelope.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
+    parsed = envelope.parse(seal.seal_v2(NAMES, FakeDataKeys(), "k", serial=1))
     with pytest.raises(EnvelopeError, match="TypeError while decrypting the envelope"):
         envelope.decrypt(parsed, Odd())  # type: ignore[arg-type]

@@ -39,8 +39,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from enclave import attestation, credentials, http
-from enclave.attested import AttestedDecryptor
+from enclave import credentials, http_client
+from enclave.attested_decrypt import AttestedDecryptor
 from enclave.awscall import CredentialSource
 from enclave.credentials import CredentialProvider
 from enclave.errors import EnclaveError
@@ -48,15 +48,17 @@ from enclave.kms import KMSClient, KMSError
 from enclave.retry import RetryPolicy
 from enclave.s3 import S3Client
 from enclave.sigv4 import Credentials
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.cms_writer import encode_enveloped_data
-from enclave.simulator.nsm import SimulatedNSM
-from noflylist import envelope
+from noflylist.client import attestation
+from noflylist.lists import LOADS, ListHolder, refresh_loop
 from noflylist.metrics import Metrics
-from noflylist.service import LOADS, ListHolder, refresh_loop
 from noflylist.sources import FileSource, S3Source, Source
+from noflylist.tools import seal
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.cms_writer import encode_enveloped_data
+from noflylist_simulator.nsm import SimulatedNSM
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 from tests.support.imds import FakeImds, running_imds
+from tests.support.screening import screen
 
 REGION = "eu-west-1"
 STATIC = Credentials("AKIDFAULTTEST", "fault/test/secret/key/example/0000000000")
@@ -69,7 +71,7 @@ STALL = 1.5
 BUCKET, KEY = "noflylist-test", "lists/envelope.json"
 OLD_LIST = ("Big Bird", "Oscar the Grouch")
 NEW_LIST = ("Count von Count", "Elmo")
-SERVICE_LOG = "noflylist.service"
+SERVICE_LOG = "noflylist.lists"
 
 
 # -- a loopback server answering through a function ------------------------------------------
@@ -280,7 +282,7 @@ class FaultyS3:
 
 @pytest.fixture(autouse=True)
 def _short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http, "READ_TIMEOUT", READ_TIMEOUT)
+    monkeypatch.setattr(http_client, "READ_TIMEOUT", READ_TIMEOUT)
     monkeypatch.setattr(credentials, "IMDS_CONNECT_TIMEOUT", 0.5)
     monkeypatch.setattr(credentials, "IMDS_READ_TIMEOUT", 0.3)
     monkeypatch.setattr(credentials, "IMDS_RETRY_PAUSE", 0.01)
@@ -330,7 +332,7 @@ def holder_for(
 
 
 def sealed(keys: FakeDataKeys, names: tuple[str, ...], serial: int) -> bytes:
-    return envelope.seal_v2(names, keys, KEY_ARN, serial=serial)
+    return seal.seal_v2(names, keys, KEY_ARN, serial=serial)
 
 
 def file_source(tmp_path: Path, document: bytes) -> FileSource:
@@ -345,8 +347,8 @@ def s3_source(s3: FaultyS3) -> S3Source:
 
 
 def serves(holder: ListHolder, names: tuple[str, ...], not_names: tuple[str, ...]) -> bool:
-    return all(holder.screen(n) is True for n in names) and all(
-        holder.screen(n) is False for n in not_names
+    return all(screen(holder, n) is True for n in names) and all(
+        screen(holder, n) is False for n in not_names
     )
 
 
@@ -380,7 +382,7 @@ def test_kms_refusals_fail_closed_at_once_with_a_log_line_naming_the_cause(
     with caplog.at_level(logging.INFO), pytest.raises(EnclaveError) as raised:
         holder.reload(only_if_changed=False)
     assert kms.calls == 1, "a refusal must not be retried"
-    assert holder.current is None and holder.screen(OLD_LIST[0]) is None
+    assert holder.current is None and screen(holder, OLD_LIST[0]) is None
     (line,) = error_lines(caplog)
     assert str(raised.value) in line and "no list in service" in line
     assert PERMANENT[fault] in line
@@ -400,7 +402,7 @@ def test_kms_throttling_past_the_deadline_fails_closed_saying_how_long_it_tried(
     assert 2 <= kms.calls <= FAST.max_attempts
     (line,) = error_lines(caplog)
     assert "still failing after" in line and "no list in service" in line
-    assert holder.screen(OLD_LIST[0]) is None
+    assert screen(holder, OLD_LIST[0]) is None
 
 
 @pytest.mark.slow
@@ -451,7 +453,7 @@ def test_a_refresh_that_failed_is_tried_again_at_the_next_poll_not_skipped_as_un
 def test_http_answers_503_never_cleared_while_no_list_could_be_loaded(
     tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM
 ) -> None:
-    from noflylist.server import Server
+    from noflylist.transport.server import Server
 
     holder = holder_for(file_source(tmp_path, sealed(keys, OLD_LIST, 1)), kms, nsm)
     kms.script = ["access-denied"]
@@ -510,7 +512,7 @@ def test_imds_down_at_start_fails_closed_naming_the_metadata_service_and_the_fix
     holder = holder_for(file_source(tmp_path, sealed(keys, OLD_LIST, 1)), kms, nsm, provider)
     with caplog.at_level(logging.INFO), pytest.raises(credentials.CredentialsError):
         holder.reload(only_if_changed=False)
-    assert kms.calls == 0 and holder.screen(OLD_LIST[0]) is None
+    assert kms.calls == 0 and screen(holder, OLD_LIST[0]) is None
     (line,) = error_lines(caplog)
     assert "could not reach the instance metadata service" in line and "hop limit" in line
 
@@ -524,7 +526,7 @@ def test_imds_refusing_tokens_fails_closed_naming_the_header_a_proxy_may_drop(
                         imds_provider(imds))  # fmt: skip
     with caplog.at_level(logging.INFO), pytest.raises(credentials.CredentialsError):
         holder.reload(only_if_changed=False)
-    assert kms.calls == 0 and holder.screen(OLD_LIST[0]) is None
+    assert kms.calls == 0 and screen(holder, OLD_LIST[0]) is None
     (line,) = error_lines(caplog)
     assert "HTTP 401" in line and "X-aws-ec2-metadata-token" in line
 
@@ -643,7 +645,7 @@ def test_kms_refusing_expired_credentials_fails_closed_with_its_code(
     holder = holder_for(file_source(tmp_path, sealed(keys, OLD_LIST, 1)), kms, nsm)
     with caplog.at_level(logging.INFO), pytest.raises(KMSError, match="ExpiredTokenException"):
         holder.reload(only_if_changed=False)
-    assert kms.calls == 1 and holder.screen(OLD_LIST[0]) is None
+    assert kms.calls == 1 and screen(holder, OLD_LIST[0]) is None
 
 
 # -- S3 faults -------------------------------------------------------------------------------
@@ -662,7 +664,7 @@ def test_s3_refusals_at_start_fail_closed_naming_the_object_and_the_fix(
     holder = holder_for(s3_source(s3), kms, nsm)
     with caplog.at_level(logging.INFO), pytest.raises(EnclaveError):
         holder.reload(only_if_changed=False)
-    assert s3.gets == 1 and kms.calls == 0 and holder.screen(OLD_LIST[0]) is None
+    assert s3.gets == 1 and kms.calls == 0 and screen(holder, OLD_LIST[0]) is None
     (line,) = error_lines(caplog)
     assert f"s3://{BUCKET}/{KEY}" in line and words in line
 

@@ -55,15 +55,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave import attestation, ber, cbor, cms, cose, imds
+from enclave import ber, cbor, cms, imds
 from enclave.ber import TLV
 from enclave.errors import EnclaveError
 from enclave.kms import DataKey
-from enclave.simulator.cms_writer import encode_enveloped_data
-from noflylist import attestation_endpoint, envelope, http_framing, server
+from noflylist import decision, envelope, wire
+from noflylist.client import attestation, cose
+from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
-from noflylist.service import ListHolder
 from noflylist.sources import FileSource
+from noflylist.tools import seal
+from noflylist.transport import framing as http_framing
+from noflylist.transport import server
+from noflylist_simulator.cms_writer import encode_enveloped_data
 from tests.conftest import VECTORS
 from tests.support import ber_tree
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
@@ -108,7 +112,7 @@ def _app() -> server._App:
     kms = FakeDataKeys()
     folder = Path(tempfile.mkdtemp(prefix="fuzz-"))
     path = folder / "envelope.json"
-    path.write_bytes(envelope.seal_v2(["Big Bird", "Elmo"], kms, KEY_ARN, serial=1))
+    path.write_bytes(seal.seal_v2(["Big Bird", "Elmo"], kms, KEY_ARN, serial=1))
     metrics = Metrics()
     holder = ListHolder(FileSource(str(path)), kms, metrics)
     holder.reload(only_if_changed=False)
@@ -192,9 +196,9 @@ def fuzz_imds(data: bytes) -> None:
 
 
 def fuzz_user_data(data: bytes) -> None:
-    served = attestation_endpoint.decode_user_data(data)
-    again = attestation_endpoint.encode_user_data(served)
-    assert attestation_endpoint.decode_user_data(again) == served  # what is read, round-trips
+    served = wire.decode_user_data(data)
+    again = wire.encode_user_data(served)
+    assert wire.decode_user_data(again) == served  # what is read, round-trips
 
 
 def fuzz_http_framing(data: bytes) -> None:
@@ -212,8 +216,9 @@ def fuzz_query(data: bytes) -> None:
     # The request target is visible ASCII by the time the query is parsed (http_framing.py).
     query = bytes(b for b in data if 0x21 <= b <= 0x7E).decode("ascii")
     for names in server._parse_query(query).values():
-        for name in names:
-            server._check_name(name, "the name")
+        for name in names:  # admission never raises: a verdict for every name
+            verdict = decision.decide(None, name)
+            assert isinstance(verdict, (decision.Refused, decision.Unavailable))
 
 
 def fuzz_json_body(data: bytes) -> None:
@@ -254,7 +259,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[EnclaveError]]] = {
     "attestation": (fuzz_attestation, attestation.AttestationError),
     "envelope": (fuzz_envelope, envelope.EnvelopeError),
     "imds": (fuzz_imds, imds.ImdsError),
-    "user-data": (fuzz_user_data, attestation_endpoint.AttestationEndpointError),
+    "user-data": (fuzz_user_data, wire.UserDataError),
     "http-framing": (fuzz_http_framing, http_framing.RequestError),
     "query": (fuzz_query, server.RequestRejected),
     "json-body": (fuzz_json_body, server.RequestRejected),
@@ -293,12 +298,12 @@ def seeds(target: str) -> tuple[bytes, ...]:
         "cose": nitro,
         "attestation": nitro,
         "envelope": (
-            envelope.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),
-            envelope.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),
+            seal.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),
+            seal.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),
         ),
         "imds": (_IMDS_DOCUMENT,),
         "user-data": tuple(
-            attestation_endpoint.encode_user_data(attestation_endpoint.ServedList(*fields))
+            wire.encode_user_data(wire.ServedList(*fields))
             for fields in ((bytes(range(32)), 7, "0.1.0"), (None, None, "0.1.0"))
         ),
         "http-framing": requests,

@@ -1,4 +1,4 @@
-"""enclave.http against a real local HTTPS server and Debian's real tinyproxy.
+"""enclave.http_client against a real local HTTPS server and Debian's real tinyproxy.
 
 Every test passes ``environ`` explicitly, so proxies or CA bundles set on the developer's
 machine cannot change what is tested.
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave import http
-from enclave.http import Response, TransportError, proxy_for, request
+from enclave import http_client
+from enclave.http_client import Response, TransportError, proxy_for, request
 from enclave.proxy import parse_proxy
 from tests.support import tls
 from tests.support.tinyproxy import VIA_NAME, Tinyproxy, start_tinyproxy
@@ -275,7 +275,7 @@ def test_read_timeout_is_transient_and_quick(https_server: tls.EchoServer, pki: 
 def test_trickled_body_is_cut_off_at_the_transfer_deadline(
     http_server: tls.EchoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http, "TRANSFER_DEADLINE", 0.3)
+    monkeypatch.setattr(http_client, "TRANSFER_DEADLINE", 0.3)
     start = time.monotonic()
     with pytest.raises(TransportError) as failure:
         # 200 bytes at one per 0.05 s would take 10 s; every single read is well in time.

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noflylist import http_framing
-from noflylist.http_framing import RequestError, RequestFramer
-from noflylist.http_sockets import Connection
+from noflylist.transport import framing as http_framing
+from noflylist.transport.connection import Connection
+from noflylist.transport.framing import RequestError, RequestFramer
 
 #: Inputs a property gets (CI default; raise with FUZZ_EXAMPLES, as tests/test_fuzz.py does).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))

@@ -30,12 +30,12 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave import http, sigv4
+from enclave import http_client, sigv4
 from enclave.kms import KMSClient, KMSError
 from enclave.retry import RetryPolicy
-from enclave.simulator import policy
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.kms_server import STATE_FILE, LocalKMS, LocalKMSError
+from noflylist_simulator import policy
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.kms_server import STATE_FILE, LocalKMS, LocalKMSError
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -101,7 +101,7 @@ def raw(
     now: datetime | None = None,
     region: str = REGION,
     tamper: Callable[[dict[str, str], bytes], tuple[dict[str, str], bytes]] | None = None,
-) -> http.Response:
+) -> http_client.Response:
     """One request signed by enclave.sigv4, optionally altered after signing."""
     url, body = kms.url + "/", json.dumps(request).encode()
     headers = {
@@ -114,10 +114,10 @@ def raw(
     )  # fmt: skip
     if tamper is not None:
         headers, body = tamper(headers, body)
-    return http.request("POST", url, headers=headers, body=body, environ={})
+    return http_client.request("POST", url, headers=headers, body=body, environ={})
 
 
-def error(response: http.Response) -> str:
+def error(response: http_client.Response) -> str:
     assert response.status == 400
     assert response.headers["content-type"] == "application/x-amz-json-1.1"
     answer = json.loads(response.body)
@@ -440,7 +440,7 @@ def test_state_readable_by_others_or_of_another_region_is_refused(
 
 
 def test_running_alone_prints_its_url_and_serves(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "enclave.simulator.kms_server", "--state", str(tmp_path),
+    command = [sys.executable, "-m", "noflylist_simulator.kms_server", "--state", str(tmp_path),
                "--port", "0", "--new-credentials", ALICE]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -751,7 +751,7 @@ def test_what_is_not_understood_fails_closed(
     condition: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     asked = request(pcrs={0: PCR0})
-    with caplog.at_level(logging.WARNING, logger="enclave.simulator.policy"):
+    with caplog.at_level(logging.WARNING, logger="noflylist_simulator.policy"):
         assert not decide(statement("Allow", condition=condition), asked=asked).allowed
         denied = decide(statement("Allow"), statement("Deny", condition=condition), asked=asked)
     assert not denied.allowed and denied.explicit_deny

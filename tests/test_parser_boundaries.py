@@ -15,9 +15,11 @@ from typing import Any
 import cbor2
 import pytest
 
-from noflylist import attestation_endpoint, http_framing, policy, server
-from noflylist.attestation_endpoint import AttestationEndpointError, ServedList, decode_user_data
+from noflylist import wire
 from noflylist.envelope import MAX_COUNT
+from noflylist.tools import policy
+from noflylist.transport import framing, server
+from noflylist.wire import ServedList, UserDataError, decode_user_data
 
 #: Put into hostile inputs; no error message may quote it.
 MARKER = "Oscar-the-marker"
@@ -35,7 +37,7 @@ def _no_chain(error: BaseException) -> None:
 
 
 def _user_data_refusal(data: object) -> str:
-    with pytest.raises(AttestationEndpointError) as caught:
+    with pytest.raises(UserDataError) as caught:
         decode_user_data(data)  # type: ignore[arg-type]
     _no_chain(caught.value)
     assert MARKER not in str(caught.value)
@@ -91,7 +93,7 @@ def test_any_value_under_any_user_data_key_is_read_with_its_type_or_refused(key:
         data = cbor2.dumps(fields)
         try:
             served = decode_user_data(data)
-        except AttestationEndpointError:
+        except UserDataError:
             served = None
         if served is None:
             _user_data_refusal(data)
@@ -107,7 +109,7 @@ def test_an_unforeseen_failure_reading_user_data_names_only_its_type(
     def broken(digest: object, serial: object, version: object) -> ServedList:
         raise TypeError(MARKER)
 
-    monkeypatch.setattr(attestation_endpoint, "ServedList", broken)
+    monkeypatch.setattr(wire, "ServedList", broken)
     assert "could not be read (TypeError)" in _user_data_refusal(USER_DATA)
 
 
@@ -116,7 +118,7 @@ def test_an_unforeseen_failure_reading_user_data_names_only_its_type(
 
 def _manifest_refusal(body: bytes) -> str:
     headers = {"content-type": "application/json"}
-    request = http_framing.Request("POST", "/v1/screen", False, headers, body, True, 0.0)
+    request = framing.Request("POST", "/v1/screen", False, headers, body, True, 0.0)
     with pytest.raises(server.RequestRejected) as caught:
         server._parse_manifest(request)
     assert caught.value.status == 400
@@ -150,7 +152,7 @@ def test_hostile_manifests_are_400_naming_the_cause_not_the_body(body: bytes, wo
 
 
 def test_every_truncation_of_a_manifest_is_400() -> None:
-    request = http_framing.Request(
+    request = framing.Request(
         "POST", "/v1/screen", False, {"content-type": "application/json"}, MANIFEST, True, 0.0
     )
     assert server._parse_manifest(request) == [MARKER, "Kermit"]

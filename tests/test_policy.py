@@ -1,4 +1,4 @@
-"""Proof for noflylist/policy.py and ``noflylist policy``: the key policy says what it must.
+"""Proof for noflylist/tools/policy.py and ``noflylist policy``: the key policy says what it must.
 
 The measurements are real: PCR0 and PCR8 of the AWS-signed documents in tests/vectors/nitro
 (see expected.json), not values this code made. The last tests put the generated policy on
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noflylist import cli, policy
+from noflylist import cli
+from noflylist.tools import policy
 from tests.conftest import VECTORS
 
 _EXPECTED = json.loads((VECTORS / "nitro" / "expected.json").read_text())
@@ -445,9 +446,9 @@ class _Fixed:
 def local_kms(tmp_path_factory) -> Iterator[tuple[object, object, str]]:
     """A LocalKMS holding one key under the generated policy: (kms, ca, key ARN)."""
     kms_server = pytest.importorskip(
-        "enclave.simulator.kms_server", reason="the local KMS (enclave/simulator) is not here"
+        "noflylist_simulator.kms_server", reason="the local KMS (noflylist_simulator) is not here"
     )
-    from enclave.simulator.ca import load_or_create
+    from noflylist_simulator.ca import load_or_create
 
     folder = tmp_path_factory.mktemp("trust-kms")
     ca = load_or_create(folder / "ca")
@@ -471,8 +472,8 @@ def _sealed_data_key(local_kms) -> tuple[bytes, bytes]:  # type: ignore[no-untyp
 
 
 def _attested_decrypt(local_kms, **nsm_options):  # type: ignore[no-untyped-def]
-    from enclave.attested import AttestedDecryptor
-    from enclave.simulator.nsm import SimulatedNSM
+    from enclave.attested_decrypt import AttestedDecryptor
+    from noflylist_simulator.nsm import SimulatedNSM
 
     kms, ca, key_arn = local_kms
     blob, plaintext = _sealed_data_key(local_kms)
@@ -538,7 +539,7 @@ def test_local_kms_lets_the_operator_encrypt_but_not_the_admin(local_kms):
 def test_explicit_denies_hold_even_when_a_later_edit_allows_everything(role, pcrs):
     """Someone appends "allow kms:* to all three roles": the Deny statements still decide."""
     evaluator = pytest.importorskip(
-        "enclave.simulator.policy", reason="the local KMS's policy evaluator is not here"
+        "noflylist_simulator.policy", reason="the local KMS's policy evaluator is not here"
     )
     document = three_role_policy(GOOD_PCR0)
     widened = dict(document)
@@ -571,7 +572,7 @@ def test_explicit_denies_hold_even_when_a_later_edit_allows_everything(role, pcr
 def test_the_deny_to_everyone_holds_even_when_a_later_edit_allows_everything(role, action):
     """Someone appends "allow kms:* to everyone": no grant, re-encryption or replica."""
     evaluator = pytest.importorskip(
-        "enclave.simulator.policy", reason="the local KMS's policy evaluator is not here"
+        "noflylist_simulator.policy", reason="the local KMS's policy evaluator is not here"
     )
     document = three_role_policy(GOOD_PCR0)
     careless = {"Sid": "CarelessEdit", "Effect": "Allow", "Principal": "*", "Action": "kms:*",

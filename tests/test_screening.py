@@ -20,12 +20,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noflylist import screening
-from noflylist.screening import ScreeningError, ScreeningTable, answer, normalize, screen
+from noflylist import table as screening
+from noflylist.decision import Cleared, Listed, answer, decide, normalize
+from noflylist.table import ScreeningError, ScreeningTable
 
 UNICODE_DATA = Path("/usr/share/unicode")
 SESAME = ["Big Bird", "Oscar the Grouch", "Elmo", "Cookie Monster", "Straße", "Zoë"]
 SLOTS_COMPARED_PER_LOOKUP = 8  # 2 candidate buckets x 4 slots
+
+
+def screen(table: ScreeningTable, name: str) -> str:
+    """Decide and answer, as the passenger route does for an admitted name."""
+    verdict = decide(table, name)
+    assert isinstance(verdict, (Listed, Cleared))
+    return answer(name, verdict.listed)
 
 
 def demo_normalize(name: str) -> str:

@@ -8,7 +8,7 @@ log line or an error.
   name (as written, lower-cased, or normalised). It must find none. A positive control
   plants copies and must find exactly those, so the scan is known to see what it looks for.
   (Python cannot wipe freed memory; the scan proves only that no live object keeps a name.)
-* **Logs and errors**: a full run of :class:`noflylist.app.Service` (as ``noflylist serve``
+* **Logs and errors**: a full run of :class:`noflylist.service.Service` (as ``noflylist serve``
   wires it, with the real logging set-up, text and JSON) through start-up faults, queries,
   bad input and failed refreshes; every byte written to stderr and every error answer is
   searched for every listed and queried name.
@@ -32,13 +32,16 @@ from typing import Any
 
 import pytest
 
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.nsm import SimulatedNSM
-from noflylist import app, cli, envelope
+from noflylist import cli
+from noflylist import service as app
 from noflylist.config import ServeConfig
-from noflylist.screening import normalize
-from noflylist.service import LOADS
+from noflylist.lists import LOADS
+from noflylist.table import normalize
+from noflylist.tools import seal
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.nsm import SimulatedNSM
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
+from tests.support.screening import screen
 from tests.test_faults import FaultyKMS
 
 pytestmark = pytest.mark.slow  # each test runs the whole service and scans its memory or logs
@@ -139,17 +142,17 @@ def _child(seed: int, query_listed: bool) -> None:
     import gc
     import tempfile
 
+    from noflylist.lists import ListHolder
     from noflylist.metrics import Metrics
-    from noflylist.server import Server
-    from noflylist.service import ListHolder
     from noflylist.sources import FileSource
+    from noflylist.transport.server import Server
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     kms = FakeDataKeys()
     folder = Path(tempfile.mkdtemp())
     path = folder / "envelope.json"
     # The names exist only inside seal_v2 here (the operator's side), then are gone.
-    path.write_bytes(envelope.seal_v2(distinctive_names(seed, SCANNED_NAMES), kms, KEY_ARN,
+    path.write_bytes(seal.seal_v2(distinctive_names(seed, SCANNED_NAMES), kms, KEY_ARN,
                                       serial=1))  # fmt: skip
     holder = ListHolder(FileSource(str(path)), kms, Metrics())
     holder.reload(only_if_changed=False)
@@ -179,7 +182,7 @@ def _child(seed: int, query_listed: bool) -> None:
     planted = [{"str": "x" + normalize(names[0]) + "x"}, (names[-1].encode() + b"y",)]
     control = _scan(names, exclude)
     del planted
-    assert holder.screen(names[0]) is True  # the list is really loaded
+    assert screen(holder, names[0]) is True  # the list is really loaded
     server.shutdown(drain_timeout=1.0)
     entries = len(holder.current.table) if holder.current else 0
     print(json.dumps({"leaks": leaks, "control": control, "entries": entries}))
@@ -322,7 +325,7 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
     keys = FakeDataKeys()
     kms = FaultyKMS(ca, keys)
     path = tmp_path / "envelope.json"
-    path.write_bytes(envelope.seal_v2(listed, keys, KEY_ARN, serial=1))
+    path.write_bytes(seal.seal_v2(listed, keys, KEY_ARN, serial=1))
     monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
     environ = {"AWS_ENDPOINT_URL_KMS": kms.url, "AWS_REGION": "eu-west-1",
                "AWS_ACCESS_KEY_ID": "AKIDSECRECYTEST", "AWS_SECRET_ACCESS_KEY": "s" * 40}
@@ -353,7 +356,7 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
 
         # Refresh faults (SIGHUP path): a KMS answer that must be refused; a list in clear
         # where the envelope should be; an older envelope; then a good one.
-        path.write_bytes(envelope.seal_v2(later, keys, KEY_ARN, serial=2))
+        path.write_bytes(seal.seal_v2(later, keys, KEY_ARN, serial=2))
         kms.script = ["plaintext-instead"]
         failed = service.metrics.events(LOADS, "failed")
         service.reload()
@@ -362,10 +365,10 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
         service.reload()
         _wait_for(lambda: service.metrics.events(LOADS, "failed") > failed + 1,
                   "the refresh of a clear-text file")  # fmt: skip
-        path.write_bytes(envelope.seal_v2(listed, keys, KEY_ARN, serial=1))
+        path.write_bytes(seal.seal_v2(listed, keys, KEY_ARN, serial=1))
         service.reload()
         _wait_for(lambda: service.metrics.events(LOADS, "refused") == 1, "the refused rollback")
-        path.write_bytes(envelope.seal_v2(later, keys, KEY_ARN, serial=3))
+        path.write_bytes(seal.seal_v2(later, keys, KEY_ARN, serial=3))
         service.reload()
         _wait_for(lambda: service.holder.current is not None
                   and service.holder.current.serial == 3, "the good refresh")  # fmt: skip

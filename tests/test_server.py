@@ -31,12 +31,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noflylist import connections, envelope, http_framing
+from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
-from noflylist.screening import normalize
-from noflylist.server import RouteResponse, Server
-from noflylist.service import ListHolder
 from noflylist.sources import FileSource, SourceError
+from noflylist.table import normalize
+from noflylist.tools import seal
+from noflylist.transport import framing
+from noflylist.transport import loop as connections
+from noflylist.transport.server import RouteResponse, Server
 from tests.support.fake_kms import FakeDataKeys
 
 
@@ -74,7 +76,7 @@ class Rig:
         return self.server.address[1]
 
     def load(self, names: list[str] = LISTED, serial: int = SERIAL) -> None:
-        self.path.write_bytes(envelope.seal_v2(names, self.kms, "k", serial=serial))
+        self.path.write_bytes(seal.seal_v2(names, self.kms, "k", serial=serial))
         self.holder.reload(only_if_changed=False)
 
 
@@ -642,7 +644,7 @@ def test_a_bug_inside_the_request_parser_is_answered_400_naming_its_class_not_th
     def broken(head: bytes) -> None:
         raise KeyError(head.decode())
 
-    monkeypatch.setattr(http_framing, "_parse_head", broken)
+    monkeypatch.setattr(framing, "_parse_head", broken)
     with running() as rig:
         received, closed = exchange(rig.port, b"GET /enclave/passenger?name=Big+Bird HTTP/1.1"
                                               b"\r\nHost: x\r\n\r\n")  # fmt: skip
@@ -1013,7 +1015,7 @@ def test_access_log_in_json_is_one_object_a_line_without_the_query(
 
 
 def test_a_request_and_its_head_have_no_name_in_their_repr() -> None:
-    framer = http_framing.RequestFramer()
+    framer = framing.RequestFramer()
     framer.buffer += (
         f"POST /v1/screen?name={MARKER} HTTP/1.1\r\nHost: x\r\nX-Name: {MARKER}\r\n"
         "Content-Length: 20\r\n\r\n"

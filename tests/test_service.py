@@ -17,8 +17,7 @@ import pytest
 
 from enclave.errors import EnclaveError
 from noflylist import envelope
-from noflylist.metrics import Metrics
-from noflylist.service import (
+from noflylist.lists import (
     LOADS,
     ListHolder,
     LoadError,
@@ -26,12 +25,15 @@ from noflylist.service import (
     refresh_loop,
     where_raised,
 )
+from noflylist.metrics import Metrics
 from noflylist.sources import FileSource, SourceError, open_source
+from noflylist.tools import seal
 from tests.support.fake_kms import FakeDataKeys
+from tests.support.screening import screen
 
 
 def write(path: Path, kms: FakeDataKeys, names: list[str], serial: int) -> None:
-    path.write_bytes(envelope.seal_v2(names, kms, "k", serial=serial))
+    path.write_bytes(seal.seal_v2(names, kms, "k", serial=serial))
 
 
 @dataclass
@@ -51,20 +53,20 @@ def rig(tmp_path: Path) -> Rig:
 
 
 def test_nothing_is_cleared_before_a_list_is_loaded(rig: Rig) -> None:
-    assert rig.holder.screen("foo") is None
+    assert screen(rig.holder, "foo") is None
     assert rig.holder.current is None and rig.holder.last_error
     with pytest.raises(SourceError, match="cannot read envelope file"):
         rig.holder.reload(only_if_changed=False)
-    assert rig.holder.screen("foo") is None
+    assert screen(rig.holder, "foo") is None
     assert rig.metrics.events(LOADS, "failed") == 1
 
 
 def test_load_then_screen(rig: Rig) -> None:
     write(rig.path, rig.kms, ["Big Bird", "cookiemonster"], serial=1)
     assert rig.holder.reload(only_if_changed=False) is True
-    assert rig.holder.screen("bigbird") is True
-    assert rig.holder.screen("  COOKIE monster ") is True
-    assert rig.holder.screen("foo") is False
+    assert screen(rig.holder, "bigbird") is True
+    assert screen(rig.holder, "  COOKIE monster ") is True
+    assert screen(rig.holder, "foo") is False
     assert rig.holder.current is not None and rig.holder.current.serial == 1
     assert rig.holder.current.entries == 2
     assert "noflylist_list_entries 2.0" in rig.metrics.render()
@@ -75,14 +77,14 @@ def test_newer_serial_replaces_older_is_refused_and_old_list_stays(rig: Rig) -> 
     rig.holder.reload(only_if_changed=False)
     write(rig.path, rig.kms, ["ernie"], serial=6)
     assert rig.holder.reload(only_if_changed=True) is True
-    assert rig.holder.screen("ernie") is True and rig.holder.screen("bert") is False
+    assert screen(rig.holder, "ernie") is True and screen(rig.holder, "bert") is False
     write(rig.path, rig.kms, ["bert"], serial=4)
     with pytest.raises(RollbackError, match="serial 4 is not newer than serial 6"):
         rig.holder.reload(only_if_changed=True)
     write(rig.path, rig.kms, ["bert"], serial=6)
     with pytest.raises(RollbackError):
         rig.holder.reload(only_if_changed=True)
-    assert rig.holder.screen("ernie") is True and rig.holder.screen("bert") is False
+    assert screen(rig.holder, "ernie") is True and screen(rig.holder, "bert") is False
     assert rig.metrics.events(LOADS, "refused") == 2
 
 
@@ -103,7 +105,7 @@ def test_a_broken_new_envelope_keeps_the_old_list(
     rig.path.write_bytes(b'{"format": "noflylist-envelope-v2"}')
     with caplog.at_level(logging.ERROR), pytest.raises(EnclaveError):
         rig.holder.reload(only_if_changed=True)
-    assert rig.holder.screen("bert") is True
+    assert screen(rig.holder, "bert") is True
     assert "keeping the list in service" in caplog.text
     assert "bert" not in caplog.text
 
@@ -129,7 +131,7 @@ def test_a_list_that_fails_midway_through_its_names_keeps_the_old_list(
     with pytest.raises(envelope.EnvelopeError, match="3 entries"):
         rig.holder.reload(only_if_changed=True)
     assert yielded == ["ernie", "elmo"]
-    assert rig.holder.screen("bert") is True and rig.holder.screen("ernie") is False
+    assert screen(rig.holder, "bert") is True and screen(rig.holder, "ernie") is False
     assert rig.holder.current is not None and rig.holder.current.serial == 1
     assert rig.metrics.events(LOADS, "failed") == 1
 
@@ -137,7 +139,7 @@ def test_a_list_that_fails_midway_through_its_names_keeps_the_old_list(
 def test_a_v2_list_cannot_be_replaced_by_a_fernet_envelope(rig: Rig) -> None:
     write(rig.path, rig.kms, ["bert"], serial=1)
     rig.holder.reload(only_if_changed=False)
-    rig.path.write_bytes(envelope.seal_fernet(["ernie"], rig.kms, "k"))
+    rig.path.write_bytes(seal.seal_fernet(["ernie"], rig.kms, "k"))
     with pytest.raises(RollbackError, match="no serial"):
         rig.holder.reload(only_if_changed=True)
 
@@ -152,10 +154,10 @@ def test_refresh_loop_reloads_when_woken_and_stops(rig: Rig) -> None:
         write(rig.path, rig.kms, ["ernie"], serial=2)
         wake.set()  # what SIGHUP does
         for _ in range(200):
-            if rig.holder.screen("ernie"):
+            if screen(rig.holder, "ernie"):
                 break
             threading.Event().wait(0.01)
-        assert rig.holder.screen("ernie") is True
+        assert screen(rig.holder, "ernie") is True
     finally:
         stop.set()
         wake.set()
@@ -183,7 +185,7 @@ def test_a_pinned_key_id_is_what_kms_is_asked_for(tmp_path: Path) -> None:
     pinned = ListHolder(FileSource(str(path)), kms, Metrics(), pinned_key_id="alias/other")
     with pytest.raises(EnclaveError, match="IncorrectKeyException"):
         pinned.reload(only_if_changed=False)
-    assert pinned.screen("bert") is None
+    assert screen(pinned, "bert") is None
 
 
 # -- supervision: whatever a load raises is counted, shown, and survived ---------------------
@@ -197,7 +199,7 @@ def hostile_to_todays_parser(kms: FakeDataKeys) -> dict[str, bytes]:
     """Envelopes that once made :func:`envelope.parse` raise something other than
     EnvelopeError (RecursionError, ValueError). Whether the parser now refuses them as its
     own error or not, a load of them must fail closed and be counted."""
-    valid = json.loads(envelope.seal_v2(["bert"], kms, "k", serial=9))
+    valid = json.loads(seal.seal_v2(["bert"], kms, "k", serial=9))
     valid["serial"] = "SERIAL"
     huge_serial = json.dumps(valid).replace('"SERIAL"', "9" * 5000).encode()
     return {"deep-nesting": b"[" * 100_000 + b"]" * 100_000, "huge-serial": huge_serial}
@@ -230,7 +232,7 @@ def test_an_envelope_that_breaks_the_parser_fails_closed_is_counted_and_the_old_
     rig.path.write_bytes(hostile_to_todays_parser(rig.kms)[kind])
     with caplog.at_level(logging.INFO), pytest.raises(EnclaveError):
         rig.holder.reload(only_if_changed=True)
-    assert rig.holder.screen("bert") is True and rig.holder.current is not None
+    assert screen(rig.holder, "bert") is True and rig.holder.current is not None
     assert rig.metrics.events(LOADS, "failed") == 1
     status = rig.holder.status
     assert status.outcome == "failed" and status.failures_in_a_row == 1 and status.error
@@ -238,7 +240,7 @@ def test_an_envelope_that_breaks_the_parser_fails_closed_is_counted_and_the_old_
     assert "9999" not in caplog.text and "[[[" not in caplog.text
     write(rig.path, rig.kms, ["bert", "ernie"], serial=2)
     assert rig.holder.reload(only_if_changed=True) is True
-    assert rig.holder.screen("ernie") is True and rig.holder.status.failures_in_a_row == 0
+    assert screen(rig.holder, "ernie") is True and rig.holder.status.failures_in_a_row == 0
 
 
 @pytest.mark.parametrize(
@@ -258,13 +260,13 @@ def test_a_foreign_exception_is_a_load_error_naming_its_type_and_place_never_its
     message = str(raised.value)
     assert f"unexpected {type(error).__name__} at tests/test_service.py:" in message
     assert raised.value.__context__ is None, "the failure must not keep the frames alive"
-    assert holder.current is None and holder.screen("bert") is None
+    assert holder.current is None and screen(holder, "bert") is None
     assert rig.metrics.events(LOADS, "failed") == 1
     assert holder.last_error == message and holder.status.outcome == "failed"
     assert message in caplog.text and "no list in service" in caplog.text
     assert QUOTED not in caplog.text and QUOTED not in rig.metrics.render()
     assert holder.reload(only_if_changed=False) is True  # the next attempt is an ordinary one
-    assert holder.screen("bert") is True and holder.last_error is None
+    assert screen(holder, "bert") is True and holder.last_error is None
 
 
 def test_where_raised_names_the_innermost_place_and_the_innermost_place_of_ours() -> None:
@@ -301,10 +303,10 @@ def test_the_refresh_loop_survives_an_exception_that_escapes_reload(
         for expected_failures in (1, 2):
             wake.set()
             wait_for(lambda n=expected_failures: rig.metrics.events(LOADS, "failed") == n)
-            assert thread.is_alive() and rig.holder.screen("bert") is True
+            assert thread.is_alive() and screen(rig.holder, "bert") is True
             assert "in the refresh loop" in (rig.holder.last_error or "")
         wake.set()
-        wait_for(lambda: rig.holder.screen("ernie") is True)
+        wait_for(lambda: screen(rig.holder, "ernie") is True)
     finally:
         stop.set()
         wake.set()
@@ -359,10 +361,10 @@ def test_an_opener_is_called_by_each_load_until_it_succeeds_then_never_again(rig
         with pytest.raises(EnclaveError, match="no AWS region yet"):
             holder.reload(only_if_changed=False)
     assert holder.last_error and "no AWS region yet" in holder.last_error
-    assert rig.metrics.events(LOADS, "failed") == 2 and holder.screen("bert") is None
+    assert rig.metrics.events(LOADS, "failed") == 2 and screen(holder, "bert") is None
     assert holder.reload(only_if_changed=False) is True
     assert holder.reload(only_if_changed=False) is False
-    assert len(calls) == 3 and holder.source is not None and holder.screen("bert") is True
+    assert len(calls) == 3 and holder.source is not None and screen(holder, "bert") is True
 
 
 def test_a_holder_needs_a_source_and_a_decryptor_or_an_opener_not_both(rig: Rig) -> None:

@@ -1,7 +1,7 @@
 """The simulated NSM and its throwaway CA: real-format documents that verify only against it.
 
 Layout claims are checked against three real Nitro documents (tests/vectors/nitro/, from
-evervault's test data); signatures are checked both by ``enclave.attestation`` and by an
+evervault's test data); signatures are checked both by ``noflylist.client.attestation`` and by an
 independent path (cbor2 builds the Sig_structure, ``cryptography`` verifies).
 """
 
@@ -29,11 +29,12 @@ from hypothesis import strategies as st
 
 import enclave
 import noflylist
-from enclave import attestation, cbor
+from enclave import cbor
 from enclave.nsm import NSMDeviceError, NSMError, SecureModule
-from enclave.simulator import ca as simulated_ca
-from enclave.simulator.ca import SimulatedCA, SimulatedCAError, load_or_create
-from enclave.simulator.nsm import SimulatedNSM, measure_pcr0
+from noflylist.client import attestation
+from noflylist_simulator import ca as simulated_ca
+from noflylist_simulator.ca import SimulatedCA, SimulatedCAError, load_or_create
+from noflylist_simulator.nsm import SimulatedNSM, measure_pcr0
 from tests.conftest import VECTORS
 
 NITRO = VECTORS / "nitro"
@@ -147,7 +148,7 @@ def test_signature_verifies_independently_with_cbor2_and_the_leaf_key(
     key.verify(der, to_be_signed, ec.ECDSA(hashes.SHA384()))
 
 
-# -- verification with enclave.attestation ---------------------------------------------------------
+# -- verification with noflylist.client.attestation ----------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
@@ -237,7 +238,8 @@ def documented_measurement(*roots: Path) -> bytes:
         for path in root.rglob("*.py"):
             relative = path.relative_to(root.parent)
             parts = relative.parts
-            if "__pycache__" in parts or parts[:2] == ("enclave", "simulator"):
+            outside_the_image = {("noflylist", "client"), ("noflylist", "tools")}
+            if "__pycache__" in parts or parts[:2] in outside_the_image:
                 continue
             if any(part.startswith(".") for part in parts[:-1]):
                 continue
@@ -273,12 +275,12 @@ def test_renaming_or_adding_a_source_file_changes_pcr0(source_copy: tuple[Path, 
     assert len({before, renamed, measure_pcr0(*source_copy)}) == 3
 
 
-def test_the_simulator_caches_and_other_files_do_not_change_pcr0(
+def test_the_tools_the_client_caches_and_other_files_do_not_change_pcr0(
     source_copy: tuple[Path, Path],
 ) -> None:
     before = measure_pcr0(*source_copy)
-    simulator = source_copy[0] / "simulator"
-    (simulator / "nsm.py").write_text("# edited\n")
+    for outside_the_image in ("tools", "client"):
+        (source_copy[1] / outside_the_image / "__init__.py").write_text("# edited\n")
     (source_copy[0] / "__pycache__").mkdir(exist_ok=True)
     (source_copy[0] / "__pycache__" / "cached.py").write_text("x = 1\n")
     (source_copy[0] / "notes.txt").write_text("not source\n")
@@ -316,7 +318,7 @@ def test_get_random_returns_256_fresh_bytes(simulated: SimulatedNSM) -> None:
 def test_every_construction_logs_a_loud_warning(
     ca: SimulatedCA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="enclave.simulator.nsm"):
+    with caplog.at_level(logging.WARNING, logger="noflylist_simulator.nsm"):
         SimulatedNSM(ca)
         SimulatedNSM(ca, debug=True)
     warnings = [

@@ -27,11 +27,12 @@ import pytest
 
 from enclave import credentials
 from enclave.errors import EnclaveError
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.nsm import SimulatedNSM
-from noflylist import app, envelope
+from noflylist import service as app
 from noflylist.config import ServeConfig
-from noflylist.service import LOADS
+from noflylist.lists import LOADS
+from noflylist.tools import seal
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.nsm import SimulatedNSM
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 from tests.support.imds import REGION_PATH, FakeImds
 from tests.support.service_client import ask, free_port, wait_ready
@@ -96,7 +97,7 @@ def imds() -> Iterator[FakeImds]:
 @pytest.fixture
 def envelope_file(tmp_path: Path, keys: FakeDataKeys) -> Path:
     path = tmp_path / "envelope.json"
-    path.write_bytes(envelope.seal_v2(LISTED, keys, KEY_ARN, serial=1))
+    path.write_bytes(seal.seal_v2(LISTED, keys, KEY_ARN, serial=1))
     return path
 
 
@@ -306,6 +307,36 @@ def test_noflylist_serve_exits_1_at_once_naming_a_malformed_aws_region(
     assert "Traceback" not in done.stderr
 
 
+def test_noflylist_serve_does_not_load_the_simulator_and_says_which_entry_point_does(
+    envelope_file: Path, state: Path
+) -> None:
+    env = serve_environment(
+        NOFLYLIST_ENVELOPE=str(envelope_file), NOFLYLIST_ATTESTATION="simulated",
+        NOFLYLIST_SIMULATOR_STATE=str(state), NOFLYLIST_PORT=str(free_port()),
+        AWS_REGION="eu-west-1",
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "noflylist", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("noflylist serve: --attestation simulated needs the local")
+    assert "python -m noflylist_simulator serve" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_simulator_entry_point_refuses_a_mode_that_is_not_simulated(
+    envelope_file: Path,
+) -> None:
+    env = serve_environment(
+        NOFLYLIST_ENVELOPE=str(envelope_file), NOFLYLIST_ATTESTATION="unsafe-none",
+        NOFLYLIST_PORT=str(free_port()), AWS_REGION="eu-west-1",
+    )  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "noflylist_simulator", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "pass --attestation simulated --simulator-state DIR" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_noflylist_serve_rides_out_imds_down_at_boot_then_serves_and_exits_0_on_sigterm(
     kms: FaultyKMS, imds: FakeImds, envelope_file: Path, state: Path, ca: SimulatedCA
 ) -> None:
@@ -317,8 +348,8 @@ def test_noflylist_serve_rides_out_imds_down_at_boot_then_serves_and_exits_0_on_
         AWS_EC2_METADATA_SERVICE_ENDPOINT=f"http://127.0.0.1:{imds_port}",
     )  # fmt: skip
     started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "noflylist", "serve"],
+    process = subprocess.Popen(  # serve, with the simulator's NSM passed in by its entry point
+        [sys.executable, "-m", "noflylist_simulator", "serve"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -1,7 +1,7 @@
 """A hostile envelope, or an exception of a type nobody planned for, never stops list updates.
 
 Whoever can write the envelope's place can put anything there. The running service (the
-real :class:`noflylist.app.Service`: simulated NSM attestation, our KMS and S3 clients
+real :class:`noflylist.service.Service`: simulated NSM attestation, our KMS and S3 clients
 against the fakes of :mod:`tests.test_faults`, an HTTPS site with a test CA) is handed each
 kind of hostile envelope in turn, then a valid one with a higher serial and one more name.
 What must hold, for a file, an S3 object and an HTTPS URL alike:
@@ -39,14 +39,14 @@ from pathlib import Path
 
 import pytest
 
-from enclave.attested import AttestedDecryptor
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.nsm import SimulatedNSM
-from noflylist import envelope
-from noflylist.app import Service
+from enclave.attested_decrypt import AttestedDecryptor
 from noflylist.config import ServeConfig
-from noflylist.service import LOADS, OUTCOMES
+from noflylist.lists import LOADS, OUTCOMES
+from noflylist.service import Service
 from noflylist.sources import Fetched
+from noflylist.tools import seal
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.nsm import SimulatedNSM
 from tests.support import tls
 from tests.support.fake_kms import KEY_ARN, FakeDataKeys
 from tests.support.service_client import ask, wait_ready
@@ -64,7 +64,7 @@ ATTEMPT_TIMEOUT = 20.0
 
 
 def sealed(keys: FakeDataKeys, names: tuple[str, ...], serial: int) -> bytes:
-    return envelope.seal_v2(names, keys, KEY_ARN, serial=serial)
+    return seal.seal_v2(names, keys, KEY_ARN, serial=serial)
 
 
 def hostile_envelopes(keys: FakeDataKeys) -> dict[str, tuple[bytes, str]]:

@@ -22,23 +22,19 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from enclave.attestation import verify
 from enclave.nsm import NSMError
-from enclave.simulator.ca import SimulatedCA, load_or_create
-from enclave.simulator.nsm import SimulatedNSM
-from noflylist import __version__, cli, envelope
-from noflylist.attestation_endpoint import (
-    MODE_HEADER,
-    PATH,
-    AttestationEndpointError,
-    AttestationRoute,
-    ServedList,
-    decode_user_data,
-)
+from noflylist import __version__, cli
+from noflylist.attestation_route import AttestationEndpointError, AttestationRoute
+from noflylist.client.attestation import verify
+from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
-from noflylist.server import RouteHandler, RouteResponse, Server
-from noflylist.service import ListHolder
 from noflylist.sources import FileSource
+from noflylist.tools import seal
+from noflylist.transport.server import RouteHandler, RouteResponse, Server
+from noflylist.wire import ATTESTATION_PATH as PATH
+from noflylist.wire import MODE_HEADER, ServedList, UserDataError, decode_user_data
+from noflylist_simulator.ca import SimulatedCA, load_or_create
+from noflylist_simulator.nsm import SimulatedNSM
 from tests.conftest import VECTORS
 from tests.support.fake_kms import FakeDataKeys
 
@@ -235,7 +231,7 @@ def holder(tmp_path) -> tuple[ListHolder, Path]:
     """A real list holder over a real v2 envelope file (data keys from a fake KMS)."""
     kms = FakeDataKeys()
     path = tmp_path / "envelope.json"
-    path.write_bytes(envelope.seal_v2(["Big Bird", "Cookie Monster"], kms, "k", serial=7))
+    path.write_bytes(seal.seal_v2(["Big Bird", "Cookie Monster"], kms, "k", serial=7))
     return ListHolder(FileSource(str(path)), kms, Metrics()), path
 
 
@@ -375,7 +371,7 @@ def test_route_needs_a_mode_with_an_nsm(simulator, holder):
     ],
 )
 def test_user_data_that_is_not_exactly_our_map_is_refused(value):
-    with pytest.raises(AttestationEndpointError):
+    with pytest.raises(UserDataError):
         decode_user_data(cbor2.dumps(value))
 
 

@@ -34,8 +34,11 @@ EXAMPLES_SHOWN = 5
 _APP_PREFIXES = ("opt/noflylist/", "usr/local/bin/noflylist")
 _APP_PARENTS = {"opt", "opt/noflylist", "usr", "usr/local", "usr/local/bin"}
 #: Paths that must never be in the application layer, whatever the .dockerignore says:
-#: the simulator, tests, bytecode, and pip's record of an install from a path.
-_FORBIDDEN = ("/enclave/simulator", "/tests/", "/bench/", "__pycache__", ".pyc", "direct_url.json")
+#: the simulator, the client library and the tools, tests, bytecode, and pip's record of an
+#: install from a path.
+_FORBIDDEN = ("noflylist_simulator", "/enclave/simulator", "/noflylist/client/",
+              "/noflylist/tools/", "/tests/", "/bench/", "__pycache__", ".pyc",
+              "direct_url.json")  # fmt: skip
 _ENTRYPOINT = [
     "/usr/local/bin/noflylist",
     "serve",

@@ -33,9 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from enclave.credentials import CredentialProvider  # noqa: E402
 from enclave.kms import KMSClient  # noqa: E402
-from enclave.simulator.ca import load_or_create  # noqa: E402
-from enclave.simulator.kms_server import LocalKMS  # noqa: E402
-from noflylist import __version__, envelope  # noqa: E402
+from noflylist import __version__  # noqa: E402
+from noflylist.tools import seal  # noqa: E402
+from noflylist_simulator.ca import load_or_create  # noqa: E402
+from noflylist_simulator.kms_server import LocalKMS  # noqa: E402
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -135,17 +136,20 @@ def check_commands(image: Buildah) -> None:
     if version.returncode != 0 or __version__ not in version.stdout + version.stderr:
         raise SmokeFailure(f"noflylist --version: {version.stdout}{version.stderr}")
     print(f"smoke: noflylist --version -> {(version.stdout + version.stderr).strip()}")
-    imports = image.run("python3", "-c", "import noflylist.server, noflylist.app, enclave.nsm")
+    imports = image.run(
+        "python3", "-c", "import noflylist.transport.server, noflylist.service, enclave.nsm"
+    )
     if imports.returncode != 0:
         raise SmokeFailure(f"importing the service failed:\n{imports.stderr}")
-    probe = "import importlib.util; print(importlib.util.find_spec('enclave.simulator'))"
-    simulator = image.run("python3", "-c", probe)
-    if simulator.returncode != 0 or simulator.stdout.strip() != "None":
-        raise SmokeFailure(
-            "enclave.simulator must not ship, yet looking for it gave: exit "
-            f"{simulator.returncode}, {simulator.stdout.strip()!r} {simulator.stderr.strip()!r}"
-        )
-    print("smoke: the service imports; enclave.simulator is absent")
+    for absent in ("noflylist_simulator", "noflylist.tools", "noflylist.client"):
+        probe = f"import importlib.util; print(importlib.util.find_spec({absent!r}))"
+        found = image.run("python3", "-c", probe)
+        if found.returncode != 0 or found.stdout.strip() != "None":
+            raise SmokeFailure(
+                f"{absent} must not ship, yet looking for it gave: exit "
+                f"{found.returncode}, {found.stdout.strip()!r} {found.stderr.strip()!r}"
+            )
+    print("smoke: the service imports; the simulator, the client and the tools are absent")
 
 
 def _policy() -> str:
@@ -174,9 +178,9 @@ def check_service(image: Buildah, work: Path) -> None:
         mounted = work / "mounted"
         mounted.mkdir()
         (mounted / "envelope.json").write_bytes(
-            envelope.seal_v2(list(NAMES), sealer, key_arn, serial=1)
+            seal.seal_v2(list(NAMES), sealer, key_arn, serial=1)
         )
-        (mounted / "other.json").write_bytes(envelope.seal_v2([], sealer, other_arn, serial=2))
+        (mounted / "other.json").write_bytes(seal.seal_v2([], sealer, other_arn, serial=2))
         role = kms.create_credentials(ENCLAVE_ROLE, session_token=True)
         env = {
             "AWS_REGION": REGION,

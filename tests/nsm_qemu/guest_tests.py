@@ -31,9 +31,9 @@ import cbor2
 import pytest
 
 from enclave import cbor, nsm
-from enclave.attestation import AttestationError, verify
-from enclave.cose import decode_sign1
 from enclave.nsm import NitroSecureModule, NSMDeviceError, NSMError
+from noflylist.client.attestation import AttestationError, verify
+from noflylist.client.cose import decode_sign1
 
 #: run.sh passes a fresh module id to QEMU (``-device virtio-nsm-pci,module-id=...``) and the
 #: same value to this guest on the kernel command line, which Linux hands to init's environment.

@@ -1,6 +1,6 @@
 """The client sockets of the connection loop: each one's state, and the mechanics of I/O.
 
-Mechanism only: no limit is chosen here. The loop (:mod:`noflylist.connections`) decides
+Mechanism only: no limit is chosen here. The loop (:mod:`noflylist.transport.loop`) decides
 who is accepted, how long a write or a linger may take and when a deadline has passed;
 :class:`ClientSockets` does the bookkeeping that must stay right however a connection ends:
 which sockets the selector watches and for what, and how many request bytes are buffered
@@ -13,7 +13,7 @@ import selectors
 import socket
 import time
 
-from noflylist.http_framing import Request, RequestFramer
+from noflylist.transport.framing import Request, RequestFramer
 
 __all__ = ["BUSY", "LINGERING", "READING", "WRITING", "ClientSockets", "Connection"]
 

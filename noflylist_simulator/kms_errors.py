@@ -1,12 +1,12 @@
 """The one error type of the local KMS (development and tests only).
 
-The local KMS is split by concern (:mod:`~enclave.simulator.kms_state`,
-:mod:`~enclave.simulator.kms_auth`, :mod:`~enclave.simulator.kms_blob`,
-:mod:`~enclave.simulator.kms_grants`,
-:mod:`~enclave.simulator.kms_actions`, :mod:`~enclave.simulator.kms_server`), but it is one
+The local KMS is split by concern (:mod:`~noflylist_simulator.kms_state`,
+:mod:`~noflylist_simulator.kms_auth`, :mod:`~noflylist_simulator.kms_blob`,
+:mod:`~noflylist_simulator.kms_grants`,
+:mod:`~noflylist_simulator.kms_actions`, :mod:`~noflylist_simulator.kms_server`), but it is one
 component with one error type: the server turns an error with a ``code`` into KMS's HTTP 400
 answer, and one without into a 500 (unusable state). Callers import it from
-:mod:`enclave.simulator.kms_server`.
+:mod:`noflylist_simulator.kms_server`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave.errors import EnclaveError
-from enclave.simulator.files import write_atomically
+from noflylist_simulator.files import write_atomically
 
 #: Long enough to outlive any demo; to start over, delete the state folder.
 ROOT_LIFETIME = timedelta(days=3650)

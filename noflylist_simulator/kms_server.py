@@ -5,23 +5,23 @@ own. It is faithful where the enclave's security depends on it, and small everyw
 
 * every request carries a SigV4 signature, checked by botocore (independent of our
   :mod:`enclave.sigv4`) with credentials kept in the state folder
-  (:mod:`~enclave.simulator.kms_auth`);
-* every call on a key is authorised by the key's policy (:mod:`enclave.simulator.policy`),
+  (:mod:`~noflylist_simulator.kms_auth`);
+* every call on a key is authorised by the key's policy (:mod:`noflylist_simulator.policy`),
   with KMS's condition keys, ``kms:RecipientAttestation:*`` included
-  (:mod:`~enclave.simulator.kms_actions`), and then by its grants, which never get past an
-  explicit Deny (:mod:`~enclave.simulator.kms_grants`);
+  (:mod:`~noflylist_simulator.kms_actions`), and then by its grants, which never get past an
+  explicit Deny (:mod:`~noflylist_simulator.kms_grants`);
 * a ``Recipient``'s attestation document is verified against the simulator's root, and the
   answer is ``CiphertextForRecipient``, a CMS EnvelopedData for the document's public key,
-  never ``Plaintext`` (:mod:`~enclave.simulator.kms_request`);
+  never ``Plaintext`` (:mod:`~noflylist_simulator.kms_request`);
 * the encryption context is bound into each ciphertext blob's AES-GCM tag
-  (:mod:`~enclave.simulator.kms_blob`).
+  (:mod:`~noflylist_simulator.kms_blob`).
 
 This module is the HTTP server (POST / only, bounded body, one request a connection), the
 in-process administration the demo and tests use, and the command line. Errors are HTTP 400
 with ``{"__type": code, "message": text}``, as KMS sends them.
 
 Key material and credentials are kept IN CLEAR in the state folder (a file of mode 0600,
-:mod:`~enclave.simulator.kms_state`): this is a development tool that protects nothing.
+:mod:`~noflylist_simulator.kms_state`): this is a development tool that protects nothing.
 Never give it a real secret.
 """
 
@@ -41,10 +41,10 @@ from typing import Any
 from cryptography import x509
 
 from enclave.sigv4 import Credentials
-from enclave.simulator.kms_actions import Service
-from enclave.simulator.kms_auth import authenticate, create_credentials
-from enclave.simulator.kms_errors import LocalKMSError, fault
-from enclave.simulator.kms_state import STATE_FILE, State
+from noflylist_simulator.kms_actions import Service
+from noflylist_simulator.kms_auth import authenticate, create_credentials
+from noflylist_simulator.kms_errors import LocalKMSError, fault
+from noflylist_simulator.kms_state import STATE_FILE, State
 
 __all__ = ["STATE_FILE", "LocalKMS", "LocalKMSError", "main"]
 
@@ -220,8 +220,8 @@ def _read_body(handler: _Handler) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m enclave.simulator.kms_server --state DIR [--port N]``: print the URL, serve."""
-    from enclave.simulator.ca import load_or_create
+    """``python -m noflylist_simulator.kms_server --state DIR [--port N]``: print the URL, serve."""
+    from noflylist_simulator.ca import load_or_create
 
     parser = argparse.ArgumentParser(description="The simulator's local KMS (development only).")
     parser.add_argument("--state", type=Path, required=True, help="folder for keys and the CA")

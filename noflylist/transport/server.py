@@ -16,20 +16,16 @@ What an auditor should be able to check here:
   ``names[3]``), never the value. The access log records only fixed strings and numbers: the
   method if it is a known one, the route's own path (never the request's path or query), the
   status, the body size and the duration. Metrics are labelled by fixed route names.
-* **Names are refused rather than guessed at.** A name must be 1 to :data:`MAX_NAME_CHARS`
-  characters, not only whitespace, and contain no character of Unicode category C: controls
-  (Cc: C0, DEL, C1), format characters (Cf: zero-width joiners, bidi overrides, soft hyphen,
-  BOM), surrogates (Cs), private use (Co) or unassigned code points (Cn). Format characters are
-  refused because :func:`noflylist.screening.normalize` keeps them: "Big\\u200bBird" would
-  otherwise screen as a different name from "Big Bird". Unassigned code points are refused
-  because their normalisation may change with the next Unicode version.
+* **Nothing here decides.** Both screening routes hand each name, as the client wrote it, to
+  :func:`noflylist.decision.decide` and turn its verdict into a status: listed or cleared
+  200, refused 400 (with the verdict's reason), unavailable 503.
 * **The query is parsed strictly** (``application/x-www-form-urlencoded``, where ``+`` is a
   space): a ``%`` not followed by two hex digits, or bytes that are not UTF-8, are refused,
   not replaced as :func:`urllib.parse.parse_qs` would.
 
 HEAD and every method other than the one a route serves get 405 with ``Allow``; methods
-HTTP does not define get 501. Sockets and their limits live in :mod:`noflylist.connections`,
-the request parser and the response encoder in :mod:`noflylist.http_framing`.
+HTTP does not define get 501. Sockets and their limits live in :mod:`noflylist.transport.loop`,
+the request parser and the response encoder in :mod:`noflylist.transport.framing`.
 
 The access log is written on the thread that answers (for single names, the connection loop):
 its handlers should not block. Logging every request roughly doubles the CPU time of one.
@@ -43,7 +39,6 @@ import re
 import socket
 import time
 import traceback
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -51,12 +46,13 @@ from typing import NamedTuple
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
-from noflylist import connections
-from noflylist.connections import ConnectionLoop
-from noflylist.http_framing import MAX_BODY_BYTES, Request, encode_response
+from noflylist.decision import UNAVAILABLE, Listed, Refused, Unavailable, answer, decide
+from noflylist.lists import NOT_LOADED_YET, ListHolder
 from noflylist.metrics import Metrics
-from noflylist.screening import answer, normalize
-from noflylist.service import NOT_LOADED_YET, ListHolder
+from noflylist.transport import loop as connections
+from noflylist.transport.framing import MAX_BODY_BYTES, Request, encode_response
+from noflylist.transport.loop import ConnectionLoop
+from noflylist.wire import PASSENGER_PATH, SCREEN_PATH
 
 __all__ = ["DEFAULT_WORKERS", "DRAIN_TIMEOUT", "RouteHandler", "RouteResponse", "Server"]
 
@@ -68,8 +64,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 8
 #: How long ``shutdown`` waits for requests in progress (well under a SIGKILL grace period).
 DRAIN_TIMEOUT = 10.0
-#: Longest name, in characters (code points) as written; passport names are far shorter.
-MAX_NAME_CHARS = 256
 #: Most names in one ``POST /v1/screen``: a large flight's manifest.
 MAX_BATCH_NAMES = 1000
 #: Nesting of a manifest, ``{"names": [...]}``; anything deeper is refused while parsing.
@@ -97,13 +91,6 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _ROUTE_PATH = re.compile(r"/[\x21-\x3e\x40-\x7e]*")  # what a request target can match, no '?'
-_CATEGORY_WORDS = {
-    "Cc": "control",
-    "Cf": "invisible format",
-    "Cs": "surrogate",
-    "Co": "private-use",
-    "Cn": "unassigned",
-}
 
 
 class RouteResponse(NamedTuple):
@@ -154,25 +141,9 @@ def _parse_query(query: str) -> dict[str, list[str]]:
     return params
 
 
-def _check_name(name: str, label: str) -> None:
-    """Refuse a name that cannot be screened reliably; ``label`` says where it was."""
-    if len(name) > MAX_NAME_CHARS:
-        raise RequestRejected(400, f"{label} is longer than {MAX_NAME_CHARS} characters")
-    if not (name.isascii() and name.isprintable()):  # ASCII printables are all fine
-        for position, char in enumerate(name):
-            category = unicodedata.category(char)
-            if category[0] == "C":
-                raise RequestRejected(
-                    400,
-                    f"{label} contains a {_CATEGORY_WORDS[category]} character (Unicode "
-                    f"category {category}) at position {position}; remove it",
-                )
-    if not normalize(name):
-        raise RequestRejected(400, f"{label} is empty or only whitespace")
-
-
 def _parse_manifest(request: Request) -> list[str]:
-    """The names of a ``POST /v1/screen`` body, all checked, or a refusal naming the index."""
+    """The names of a ``POST /v1/screen`` body, each a string, or a refusal naming the index.
+    Whether a name can be screened is :func:`noflylist.decision.decide`'s to say."""
     media, _, parameters = request.headers.get("content-type", "").partition(";")
     charset = parameters.strip().lower().replace(" ", "")
     if media.strip().lower() != JSON or charset not in ("", "charset=utf-8"):
@@ -193,7 +164,6 @@ def _parse_manifest(request: Request) -> list[str]:
     for index, name in enumerate(names):
         if not isinstance(name, str):
             raise RequestRejected(400, f"names[{index}] is not a string")
-        _check_name(name, f"names[{index}]")
     return names
 
 
@@ -210,7 +180,7 @@ class _Route:
 
 
 class _App:
-    """Routes complete requests; implements :class:`noflylist.connections.Application`."""
+    """Routes complete requests; implements :class:`noflylist.transport.loop.Application`."""
 
     def __init__(
         self,
@@ -228,10 +198,10 @@ class _App:
             _Route("index", "/", "GET", self._index, quick=True),
             _Route("healthz", "/healthz", "GET", self._healthz, quick=True),
             _Route("readyz", "/readyz", "GET", self._readyz, quick=True),
-            _Route("passenger", "/enclave/passenger", "GET", self._passenger, quick=True),
+            _Route("passenger", PASSENGER_PATH, "GET", self._passenger, quick=True),
             # Gauges are callables other modules register; a manifest is up to 1000 lookups.
             _Route("metrics", "/metrics", "GET", self._metrics_page, quick=False),
-            _Route("screen", "/v1/screen", "POST", self._screen, quick=False),
+            _Route("screen", SCREEN_PATH, "POST", self._screen, quick=False),
         ]
         self._routes = {route.path: route for route in routes}
         for path, handler in extra_routes.items():
@@ -356,18 +326,26 @@ class _App:
             problem = "is missing" if not names else "appears more than once"
             raise RequestRejected(400, f"the query parameter 'name' {problem}")
         name = names[0]
-        _check_name(name, "the name")
-        listed = self._holder.screen(name)
-        if listed is None:
-            raise RequestRejected(503, "no list is loaded yet; try again shortly")
-        return RouteResponse(200, TEXT, answer(name, listed).encode("utf-8"))
+        current = self._holder.current
+        verdict = decide(current.table if current is not None else None, name)
+        if isinstance(verdict, Refused):
+            raise RequestRejected(400, verdict.reason)
+        if isinstance(verdict, Unavailable):
+            raise RequestRejected(503, verdict.reason)
+        return RouteResponse(200, TEXT, answer(name, verdict.listed).encode("utf-8"))
 
     def _screen(self, request: Request, query: str) -> RouteResponse:
         names = _parse_manifest(request)
         current = self._holder.current  # one list for the whole manifest, even during a swap
+        table = current.table if current is not None else None
+        verdicts = [decide(table, name, f"names[{index}]") for index, name in enumerate(names)]
+        for verdict in verdicts:  # every name is admitted before "no list" is said
+            if isinstance(verdict, Refused):
+                raise RequestRejected(400, verdict.reason)
         if current is None:
-            raise RequestRejected(503, "no list is loaded yet; try again shortly")
-        results = [{"name": name, "listed": current.table.contains(name)} for name in names]
+            raise RequestRejected(503, UNAVAILABLE.reason)
+        results = [{"name": name, "listed": isinstance(verdict, Listed)}
+                   for name, verdict in zip(names, verdicts, strict=True)]  # fmt: skip
         body = json.dumps({"results": results, "serial": current.serial}, ensure_ascii=False)
         return RouteResponse(200, JSON, body.encode("utf-8"))
 

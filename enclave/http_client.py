@@ -269,7 +269,7 @@ def _request_headers(
                                  transient=False)
         if lower in _RESERVED_HEADERS or (lower == "content-length"
                                           and value.strip() != str(len(body))):
-            raise TransportError(f"header {name} is set by enclave.http itself; do not pass it",
+            raise TransportError(f"header {name} is set by this module itself; do not pass it",
                                  transient=False)
         seen.add(lower)
     sent = {} if "host" in seen else {"Host": target.host_header}

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.simulator.kms_errors import fault
+from noflylist_simulator.kms_errors import fault
 
 __all__ = ["BLOB_VERSION", "blob_key_id", "canonical_context", "seal", "unseal"]
 

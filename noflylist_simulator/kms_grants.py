@@ -3,10 +3,10 @@
 A grant lets its grantee principal call the operations it lists on one key, without the key
 policy naming that principal (AWS KMS Developer Guide, "Grants in AWS KMS"). That is why a
 key policy that lets its admin ``kms:CreateGrant`` lets the admin give ``Decrypt`` to anyone,
-and why :mod:`noflylist.policy` denies it to everyone. The simulator models grants so that
+and why :mod:`noflylist.tools.policy` denies it to everyone. The simulator models grants so that
 tests can show both: the grant made and used, and the grant refused.
 
-What is modelled, and how :mod:`~enclave.simulator.kms_actions` uses it:
+What is modelled, and how :mod:`~noflylist_simulator.kms_actions` uses it:
 
 * a call that the key policy neither allows nor explicitly denies is allowed when a grant on
   the key names the caller, exactly, as grantee and lists the operation (:func:`find`). An
@@ -30,8 +30,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from enclave.simulator.kms_errors import fault
-from enclave.simulator.kms_state import Grant
+from noflylist_simulator.kms_errors import fault
+from noflylist_simulator.kms_state import Grant
 
 __all__ = ["MAX_GRANTS_PER_KEY", "find", "list_entry", "new_grant", "operation_of"]
 

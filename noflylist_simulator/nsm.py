@@ -4,7 +4,7 @@
 attestation documents in the real format, byte for byte in layout: an untagged COSE_Sign1 with
 protected header ``{1: -35}`` (ES384), an empty unprotected map, a 96-byte ``r || s`` signature
 and a payload map of the nine Nitro fields in Nitro's order. They are signed by the throwaway
-chain of :mod:`enclave.simulator.ca`, so they verify only against that chain's root.
+chain of :mod:`noflylist_simulator.ca`, so they verify only against that chain's root.
 
 The registers it reports (index, meaning in a real enclave, simulated value):
 
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from enclave import cbor, cose
+from enclave import cbor
 from enclave.nsm import (
     PCR,
     PCR_BYTES,
@@ -45,14 +45,16 @@ from enclave.nsm import (
     _check_attestation_inputs,
     _check_index,
 )
-from enclave.simulator.ca import SimulatedCA
+from noflylist.client import cose
+from noflylist_simulator.ca import SimulatedCA
 
 _log = logging.getLogger(__name__)
 
 #: The packages whose source PCR0 measures by default.
 MEASURED_PACKAGES = ("enclave", "noflylist")
-#: Not measured: the simulator is never part of an enclave image.
-_UNMEASURED_PREFIX = ("enclave", "simulator")
+#: Not measured: the client library and the operator tools are never part of an enclave
+#: image (the Dockerfile leaves them out), like this simulator, which is a package apart.
+_UNMEASURED_PREFIXES = frozenset({("noflylist", "client"), ("noflylist", "tools")})
 #: Domain separation for the PCR0 hash, versioned so a format change shows.
 _PCR0_CONTEXT = b"noflylist simulated PCR0 v1\x00"
 #: Registers a real NSM reports in a document (the bank holds 32; 16 to 31 are user PCRs).
@@ -151,8 +153,8 @@ def measure_pcr0(*package_dirs: Path) -> bytes:
     Each file is named by its path relative to its package's parent (``enclave/nsm.py``).
     Files are taken in order of that path, and for each the path and the content are hashed,
     each preceded by its length as 8 big-endian bytes, so no two trees hash alike by
-    shifting bytes between names and contents. ``enclave/simulator/``, caches and hidden
-    folders are skipped: they are never part of an enclave image.
+    shifting bytes between names and contents. ``noflylist/client/``, ``noflylist/tools/``,
+    caches and hidden folders are skipped: they are never part of an enclave image.
     """
     if not package_dirs:
         package_dirs = tuple(_installed_package_dir(name) for name in MEASURED_PACKAGES)
@@ -180,7 +182,7 @@ def _source_files(package_dir: Path) -> Iterator[tuple[str, Path]]:
         for name in names:
             path = Path(folder, name)
             relative = path.relative_to(base)
-            if name.endswith(".py") and relative.parts[:2] != _UNMEASURED_PREFIX:
+            if name.endswith(".py") and relative.parts[:2] not in _UNMEASURED_PREFIXES:
                 yield relative.as_posix(), path
 
 

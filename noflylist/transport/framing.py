@@ -3,7 +3,7 @@
 No sockets, threads or clocks here (the ``Date`` field aside): :class:`RequestFramer` takes
 the bytes a client has sent so far and yields whole, checked :class:`Request` objects, and
 :func:`encode_response` makes one response a single byte string. The connection loop
-(:mod:`noflylist.connections`) feeds the one and sends the other.
+(:mod:`noflylist.transport.loop`) feeds the one and sends the other.
 
 The parser is strict (RFC 9112): origin-form targets (``/path?query``) only, CRLF line ends
 only, no obs-fold, no space before a header's colon, no control bytes, one ``Content-Length``

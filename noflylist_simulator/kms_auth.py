@@ -2,7 +2,7 @@
 
 The signature is recomputed by botocore, independently of our own :mod:`enclave.sigv4`, so a
 mistake shared by our signer and this checker cannot hide. Credentials are made here
-(:func:`create_credentials`) and kept in the state file (:mod:`~enclave.simulator.kms_state`).
+(:func:`create_credentials`) and kept in the state file (:mod:`~noflylist_simulator.kms_state`).
 botocore is a development dependency: it is imported only when a request is checked.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from enclave.sigv4 import Credentials
-from enclave.simulator.kms_errors import fault
-from enclave.simulator.kms_state import Credential, State
+from noflylist_simulator.kms_errors import fault
+from noflylist_simulator.kms_state import Credential, State
 
 __all__ = ["MAX_CLOCK_SKEW", "authenticate", "create_credentials"]
 

@@ -144,8 +144,10 @@ def open_module(mode: str, *, simulated_module: SecureModule | None = None) -> S
     if mode == "simulated":
         if simulated_module is None:
             raise AttestationModeError(
-                "--attestation simulated needs the local enclave simulator "
-                "(use `noflylist demo`, or pass --simulator-state)"
+                "--attestation simulated needs the local enclave simulator's NSM, which "
+                "`noflylist serve` never loads (it is not in the enclave image): run "
+                "`python -m noflylist_simulator serve --simulator-state DIR ...`, or "
+                "`noflylist demo`"
             )
         return simulated_module
     if mode == "unsafe-none":

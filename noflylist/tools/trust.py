@@ -1,11 +1,12 @@
 """Commands that let others trust the service: ``verify``, ``check`` and ``policy``.
 
 * ``noflylist verify FILE|-``: check an attestation document (raw CBOR or base64) against the
-  AWS Nitro root, step by step (:func:`enclave.attestation.verify`), and print what it says;
+  AWS Nitro root, step by step (:func:`noflylist.client.attestation.verify`), and print what it
+  says;
 * ``noflylist check URL NAME --expect-pcr 0=HEX``: the airline's client. It asks the service
   for a document bound to a fresh random nonce, verifies it (AWS root, nonce, expected PCRs),
   and only then asks about the passenger. If verification fails, no name is ever sent;
-* ``noflylist policy``: print the KMS key policy (:mod:`noflylist.policy`) that lets only the
+* ``noflylist policy``: print the KMS key policy (:mod:`noflylist.tools.policy`) that lets only the
   measured enclave image decrypt the list; with ``--frozen``, one that nobody can change.
 
 What ``check`` proves, and what it does not: the document proves which code (PCRs) is running
@@ -25,7 +26,6 @@ import json
 import logging
 import secrets
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -34,23 +34,16 @@ from urllib.parse import quote, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from enclave import http
-from enclave.attestation import AttestationDocument, AttestationError, verify
+from enclave import http_client
 from enclave.errors import EnclaveError
-from noflylist import policy as key_policy
-from noflylist.attestation_endpoint import (
-    CBOR_TYPE,
-    MODE_HEADER,
-    AttestationEndpointError,
-    ServedList,
-    decode_user_data,
-)
+from noflylist.cli import Handler
+from noflylist.client.attestation import AttestationDocument, AttestationError, verify
+from noflylist.tools import policy as key_policy
+from noflylist.wire import CBOR_TYPE, MODE_HEADER, ServedList, UserDataError, decode_user_data
 
 __all__ = ["Handler", "TrustError", "add_commands"]
 
 _log = logging.getLogger(__name__)
-
-Handler = Callable[[argparse.Namespace], int]
 
 #: A document is at most about 17 KiB; its base64 with line breaks stays under 32 KiB.
 MAX_DOCUMENT_INPUT_BYTES = 64 * 1024
@@ -158,7 +151,7 @@ def _checked(
     allow_debug: bool,
     now: datetime | None = None,
 ) -> AttestationDocument:
-    """:func:`enclave.attestation.verify`, its step-naming failure turned into ours."""
+    """:func:`noflylist.client.attestation.verify`, its step-naming failure turned into ours."""
     try:
         return verify(
             document,
@@ -205,7 +198,7 @@ def _served(user_data: bytes | None) -> ServedList | None:
         return None
     try:
         return decode_user_data(user_data)
-    except AttestationEndpointError:
+    except UserDataError:
         return None
 
 
@@ -303,12 +296,12 @@ def _service_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _get(url: str, what: str, *, accept: str) -> http.Response:
+def _get(url: str, what: str, *, accept: str) -> http_client.Response:
     try:
-        return http.request(
+        return http_client.request(
             "GET", url, headers={"Accept": accept}, max_response_bytes=MAX_ANSWER_BYTES
         )
-    except http.TransportError as exc:
+    except http_client.TransportError as exc:
         raise TrustError(f"{what} failed: {exc}") from None
 
 

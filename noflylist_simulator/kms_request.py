@@ -2,7 +2,7 @@
 
 A request is a JSON object from an authenticated but untrusted client. Each function here
 reads one field, checks its type and size against the API's limits, and returns it or raises
-:class:`~enclave.simulator.kms_errors.LocalKMSError` (``ValidationException`` or
+:class:`~noflylist_simulator.kms_errors.LocalKMSError` (``ValidationException`` or
 ``SerializationException``, as KMS answers). The ``Recipient`` field is checked furthest: its
 attestation document is verified against the simulator's root (:func:`recipient_field`).
 """
@@ -19,9 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from enclave import attestation
 from enclave.kms import RECIPIENT_ALGORITHM
-from enclave.simulator.kms_errors import fault
+from noflylist.client import attestation
+from noflylist_simulator.kms_errors import fault
 
 __all__ = [
     "MAX_CIPHERTEXT_BLOB",

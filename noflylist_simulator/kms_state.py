@@ -14,8 +14,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from enclave.simulator.files import write_atomically
-from enclave.simulator.kms_errors import LocalKMSError
+from noflylist_simulator.files import write_atomically
+from noflylist_simulator.kms_errors import LocalKMSError
 
 __all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Grant", "Key", "State"]
 
@@ -43,7 +43,7 @@ class Key:
 @dataclass(frozen=True)
 class Grant:
     """A grant on the key ``key_id``: ``grantee_principal`` may call ``operations`` (KMS's
-    operation names, ``Decrypt``) on it (:mod:`~enclave.simulator.kms_grants`)."""
+    operation names, ``Decrypt``) on it (:mod:`~noflylist_simulator.kms_grants`)."""
 
     grant_id: str
     key_id: str

@@ -9,7 +9,7 @@ steps, applied in :func:`evaluate`:
 3. otherwise the request is denied (implicit deny).
 
 Grants are the key's other allow: where step 3 would deny, the actions look for a grant
-(:mod:`~enclave.simulator.kms_grants`), so an explicit Deny (step 1) wins over grants too.
+(:mod:`~noflylist_simulator.kms_grants`), so an explicit Deny (step 1) wins over grants too.
 
 A statement matches when its ``Principal``, ``Action`` (or ``NotAction``), ``Resource`` and every
 ``Condition`` match the request. What this module does not understand (an operator, a condition

@@ -34,8 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from enclave.cbor import CBORError, CBORValue, decode, encode
-from enclave.cose import ALG_ES384, HEADER_ALG, COSEError, Sign1, decode_sign1, verify_es384
 from enclave.errors import EnclaveError
+from noflylist.client.cose import (
+    ALG_ES384,
+    HEADER_ALG,
+    COSEError,
+    Sign1,
+    decode_sign1,
+    verify_es384,
+)
 
 __all__ = ["AttestationDocument", "AttestationError", "verify"]
 
@@ -180,7 +187,7 @@ def _verify(
 @cache
 def _pinned_root() -> x509.Certificate:
     """Load the shipped AWS root once and check it against AWS's published fingerprint."""
-    pem = resources.files("enclave").joinpath(_ROOT_RESOURCE).read_bytes()
+    pem = resources.files("noflylist.client").joinpath(_ROOT_RESOURCE).read_bytes()
     root = x509.load_pem_x509_certificate(pem)
     if not hmac.compare_digest(root.fingerprint(hashes.SHA256()), _ROOT_SHA256):
         raise AttestationError(

@@ -4,12 +4,12 @@ Why this shape: the service must keep answering while many clients are slow, idl
 hostile (slowloris, thousands of idle keep-alive connections). A thread per connection
 would let such clients exhaust threads; here they only cost a buffer each. The loop thread
 alone touches sockets: it accepts, reads without blocking, frames one complete request
-(head, then a body of at most :data:`~noflylist.http_framing.MAX_BODY_BYTES` by
+(head, then a body of at most :data:`~noflylist.transport.framing.MAX_BODY_BYTES` by
 ``Content-Length``), enforcing every limit below while bytes arrive. Only a complete, parsed
 :class:`Request` is answered: by the loop itself when the application says it is quick (a
 lookup of a few microseconds: a hand-off to a worker would cost more than the work, and under
 the GIL it adds up to a switch interval, 5 ms, of latency), else by one of a few worker
-threads (:mod:`noflylist.http_workers`). Either way the whole response is one byte
+threads (:mod:`noflylist.transport.workers`). Either way the whole response is one byte
 string that the loop sends with one ``send`` (head and body together, ``TCP_NODELAY``: no
 delayed-ACK stall on keep-alive).
 
@@ -27,12 +27,12 @@ short, the connection waits (WRITING: its requests are neither read nor parsed) 
 if it takes nothing for :data:`SEND_TIMEOUT`. A keep-alive connection is closed after
 :data:`KEEPALIVE_REQUESTS` answers. Closes are reported by reason (``on_event``).
 
-The strict RFC 9112 parser and the response encoder are in :mod:`noflylist.http_framing`;
+The strict RFC 9112 parser and the response encoder are in :mod:`noflylist.transport.framing`;
 a refused request is answered with the status it names, and the connection is closed. This
 module adds 408 (a request too slow to arrive) and 503 (request buffers over their budget).
 
 Every limit is a module constant, read where it is applied (so tests can shorten them); the
-framing limits (``MAX_HEAD_BYTES`` and the like) are those of :mod:`noflylist.http_framing`.
+framing limits (``MAX_HEAD_BYTES`` and the like) are those of :mod:`noflylist.transport.framing`.
 Measured against hostile clients by ``bench/bench_hostile.py``.
 """
 
@@ -49,10 +49,17 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 
-from noflylist import http_framing
-from noflylist.http_framing import RequestError
-from noflylist.http_sockets import BUSY, LINGERING, READING, WRITING, ClientSockets, Connection
-from noflylist.http_workers import Application, WorkerPool, answer
+from noflylist.transport import framing as http_framing
+from noflylist.transport.connection import (
+    BUSY,
+    LINGERING,
+    READING,
+    WRITING,
+    ClientSockets,
+    Connection,
+)
+from noflylist.transport.framing import RequestError
+from noflylist.transport.workers import Application, WorkerPool, answer
 
 __all__ = [
     "ACCEPT_PAUSE", "IDLE_TIMEOUT", "KEEPALIVE_REQUESTS", "LINGER_BYTES", "LINGER_TIMEOUT",

@@ -1,12 +1,13 @@
-"""The service's decision: normalise a name, look it up, answer.
+"""The list in memory: keyed digests of normalised names, looked up in fixed work.
 
-This is the file to read first. It has no I/O: the list arrives as an iterable of names (already
-decrypted elsewhere) and a query arrives as one name.
+The decision itself (admit, normalise, look up, fail closed) is :mod:`noflylist.decision`;
+this is the table it looks names up in. It has no I/O: the list arrives as an iterable of names
+(already decrypted elsewhere).
 
 What an auditor should be able to check here:
 
-* **Normalisation** (:func:`normalize`) is one function used both for list entries at load and
-  for queries at lookup, so the two can never disagree.
+* **Normalisation** is :func:`noflylist.decision.normalize`, used both for list entries here at
+  load and for queries in :func:`noflylist.decision.decide`, so the two can never disagree.
 * **No plaintext is kept.** :class:`ScreeningTable` stores only 16-byte keyed BLAKE2b digests
   ("fingerprints") under a random key made for this process, held only in memory and never
   returned, printed or serialised. After :meth:`ScreeningTable.build` returns, the table
@@ -28,10 +29,10 @@ import hmac
 import math
 import random
 import secrets
-import unicodedata
 from collections.abc import Iterable
 
 from enclave.errors import EnclaveError
+from noflylist.decision import normalize
 
 #: BLAKE2b key length: 256 bits, so nobody can recompute a fingerprint without the key.
 _KEY_BYTES = 32
@@ -61,35 +62,6 @@ _GROWTH_PER_ATTEMPT = 1.10
 
 class ScreeningError(EnclaveError):
     """The screening table could not be built."""
-
-
-def normalize(name: str) -> str:
-    """Return the form of ``name`` that list entries and queries are compared in.
-
-    The public demo removed all whitespace and lowercased (``"Big Bird"`` -> ``"bigbird"``);
-    this does the same for ASCII and extends it to Unicode, in this order:
-
-    1. NFKC, first, so compatibility forms become ordinary letters *before* case folding:
-       full-width letters (U+FF22 U+FF29 U+FF27) -> ``"BIG"``, ligature ``"ﬁ"`` -> ``"fi"``,
-       ``"㎒"`` -> ``"MHz"``, NBSP and ideographic space -> ``" "``, ``"e"`` + combining acute
-       -> ``"é"``.
-    2. Case folding (``str.casefold``), which is stronger than ``lower``: ``"ß"`` -> ``"ss"``,
-       final sigma U+03C2 -> sigma U+03C3.
-    3. Drop every character for which ``str.isspace()`` is true.
-    4. NFKC again, because case folding can leave a decomposed sequence (``"ǰ"`` -> ``"j"`` +
-       combining caron) and step 3 can put a combining mark (from ``"¨"`` -> ``" "`` + U+0308)
-       next to a new base letter. Doing this after step 3 makes the function idempotent, so a
-       list that its producer already normalised with this function is left unchanged. This
-       last step introduces no whitespace (the tests check every code point).
-
-    Only whitespace is removed; other invisible characters (e.g. U+200B) are kept. Results
-    follow the Unicode version of the running Python, which is the same at load and lookup.
-    """
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    # str.split() with no argument splits on exactly the characters for which str.isspace()
-    # is true; joining the pieces drops them, as the public demo did.
-    without_space = "".join(folded.split())
-    return unicodedata.normalize("NFKC", without_space)
 
 
 def _fingerprint(key: bytes, normalised: str) -> bytes:
@@ -243,17 +215,23 @@ class ScreeningTable:
             buckets = max(buckets + 1, math.ceil(buckets * _GROWTH_PER_ATTEMPT))
         raise ScreeningError(
             f"could not place {len(fingerprints) // _FINGERPRINT_BYTES} fingerprints after "
-            f"{_MAX_BUILD_ATTEMPTS} attempts; this indicates a bug in noflylist.screening, "
+            f"{_MAX_BUILD_ATTEMPTS} attempts; this indicates a bug in noflylist.table, "
             "please report it"
         )
 
     def contains(self, name: str) -> bool:
-        """True if ``name`` normalises to a listed name.
+        """True if ``name`` normalises to a listed name (for tools and tests; the service asks
+        through :func:`noflylist.decision.decide`, which normalises once)."""
+        return self.contains_normalised(normalize(name))
+
+    def contains_normalised(self, normalised: str) -> bool:
+        """True if ``normalised``, a name already passed through
+        :func:`noflylist.decision.normalize`, is listed.
 
         Always one hash and exactly 2 x 4 = 8 ``hmac.compare_digest`` calls, counted: no early
         exit, and empty slots are compared like full ones.
         """
-        fingerprint = _fingerprint(self._key, normalize(name))
+        fingerprint = _fingerprint(self._key, normalised)
         # An int count, not `found |= ...`: each `|` of Python bools builds its result
         # through a branch in C, so after a match every later `|` would take the rarer
         # branch; adding to an int and indexing a tuple with it do the same work for 0 and 1.
@@ -287,15 +265,3 @@ class ScreeningTable:
             "a ScreeningTable holds this process's secret key and is never serialised; "
             "build a new one from the list instead"
         )
-
-
-def answer(name: str, listed: bool) -> str:
-    """The reply text, byte for byte as the public demo sends it, with ``name`` as written."""
-    if listed:
-        return f"{name} is on the no-fly list and CAN NOT BOARD!\n"
-    return f"{name} is cleared to fly. Enjoy your flight!\n"
-
-
-def screen(table: ScreeningTable, name: str) -> str:
-    """Normalise, look up, answer: the whole decision for one query."""
-    return answer(name, table.contains(name))

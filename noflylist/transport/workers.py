@@ -1,11 +1,11 @@
 """Answering requests: the application's contract, a call into it that never raises, and the
 worker threads that answer what is not quick.
 
-The loop thread (:mod:`noflylist.connections`) alone touches client sockets. A request whose
+The loop thread (:mod:`noflylist.transport.loop`) alone touches client sockets. A request whose
 answer is not quick is put on a queue that a few worker threads take from; each answer comes
 back on a deque, and the worker wakes the loop by writing one byte to a socket pair whose
 reading end the loop's selector watches. A worker never sees a socket, only a
-:class:`~noflylist.http_framing.Request` and an opaque owner (the loop's connection) that it
+:class:`~noflylist.transport.framing.Request` and an opaque owner (the loop's connection) that it
 hands back with the answer.
 
 The queue never holds more entries than there are connections, because the loop hands off
@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
-from noflylist.http_framing import Request
+from noflylist.transport.framing import Request
 
 __all__ = ["Application", "WorkerPool", "answer"]
 
 #: The loop's logger: what goes wrong while answering is reported under one name.
-log = logging.getLogger("noflylist.connections")
+log = logging.getLogger("noflylist.transport.loop")
 
 #: Extra seconds a stopping pool waits for each worker past the drain deadline.
 JOIN_GRACE = 0.1
@@ -37,7 +37,7 @@ _Owner = TypeVar("_Owner")
 
 
 class Application(Protocol):
-    """What answers requests (``noflylist.server``); responses are whole byte strings."""
+    """What answers requests (``noflylist.transport.server``); responses are whole byte strings."""
 
     def is_quick(self, request: Request) -> bool:
         """True if answering takes fixed microseconds and no I/O: the loop answers it."""

@@ -1,10 +1,10 @@
 """The local KMS's actions, HTTP-free: what each call does to the state, and who may do it.
 
-Every call on a key is authorised by the key's policy (:mod:`enclave.simulator.policy`), with
+Every call on a key is authorised by the key's policy (:mod:`noflylist_simulator.policy`), with
 KMS's condition keys, ``kms:RecipientAttestation:*`` included, then, if the policy neither
-allows nor explicitly denies it, by the key's grants (:mod:`enclave.simulator.kms_grants`).
+allows nor explicitly denies it, by the key's grants (:mod:`noflylist_simulator.kms_grants`).
 With a ``Recipient`` (its attestation document verified by
-:func:`~enclave.simulator.kms_request.recipient_field`), the answer is
+:func:`~noflylist_simulator.kms_request.recipient_field`), the answer is
 ``CiphertextForRecipient``, a CMS EnvelopedData for the document's public key, never
 ``Plaintext`` (:func:`_secret`).
 
@@ -12,7 +12,7 @@ Actions: CreateKey, DescribeKey, EnableKey, DisableKey, CreateAlias, GetKeyPolic
 PutKeyPolicy, CreateGrant, ListGrants, RevokeGrant, Encrypt, Decrypt, GenerateDataKey and
 GenerateRandom. Each takes the caller's principal ARN and the request's JSON object, and
 returns the answer's JSON object or raises
-:class:`~enclave.simulator.kms_errors.LocalKMSError` with KMS's error code.
+:class:`~noflylist_simulator.kms_errors.LocalKMSError` with KMS's error code.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 from cryptography import x509
 
 from enclave.cms import AES256_KEY_BYTES
-from enclave.simulator import kms_blob, kms_grants, policy
-from enclave.simulator.cms_writer import encode_enveloped_data
-from enclave.simulator.kms_errors import fault
-from enclave.simulator.kms_request import (
+from noflylist_simulator import kms_blob, kms_grants, policy
+from noflylist_simulator.cms_writer import encode_enveloped_data
+from noflylist_simulator.kms_errors import fault
+from noflylist_simulator.kms_request import (
     MAX_CIPHERTEXT_BLOB,
     MAX_PLAINTEXT,
     Recipient,
@@ -44,12 +44,12 @@ from enclave.simulator.kms_request import (
     recipient_field,
     text_field,
 )
-from enclave.simulator.kms_state import Key, State
+from noflylist_simulator.kms_state import Key, State
 
 __all__ = ["Service"]
 
 #: The local KMS logs under one name, whichever of its modules speaks.
-_log = logging.getLogger("enclave.simulator.kms_server")
+_log = logging.getLogger("noflylist_simulator.kms_server")
 
 _SYMMETRIC = "SYMMETRIC_DEFAULT"
 _DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
@@ -131,7 +131,7 @@ class Service:
         key = self._key(request, "kms:DescribeKey", principal, need_enabled=False)
         return {"KeyMetadata": _metadata(key, self._state.account)}
 
-    # -- grants (enclave.simulator.kms_grants) --
+    # -- grants (noflylist_simulator.kms_grants) --
 
     def _create_grant(self, principal: str, request: dict[str, Any]) -> dict[str, Any]:
         """A grant made through a grant may list only that grant's operations, so the grant

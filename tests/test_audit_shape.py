@@ -1,0 +1,133 @@
+"""The audit boundary holds: what ``serve`` runs is small, and the decision is one file.
+
+* ``noflylist serve``, run as a process and asked every route, imports no client or
+  operator tool, no attestation verifier and no simulator (``python -X importtime`` lists
+  every module a process imports, lazily imported ones included);
+* :mod:`noflylist.decision` is at most 400 lines, imports only the standard library, and no
+  other runtime module looks a name up;
+* :mod:`noflylist.wire`, shared with clients, imports nothing of the server.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from noflylist import envelope, wire
+from tests.support.service_client import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+#: What the image leaves out (.dockerignore, Dockerfile): serve must not need any of it.
+NOT_IN_THE_IMAGE = (
+    "noflylist.tools", "noflylist.client", "noflylist_simulator", "enclave.simulator"
+)  # fmt: skip
+#: The runtime packages: the image's Python.
+RUNTIME = ("noflylist", "enclave")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports at its top level or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _runtime_files() -> list[Path]:
+    files = [*(ROOT / "enclave").glob("*.py"), *(ROOT / "noflylist").glob("*.py")]
+    files += (ROOT / "noflylist" / "transport").glob("*.py")
+    return sorted(files)
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_serve_imports_no_tool_verifier_or_simulator_while_it_answers_every_route(
+    tmp_path: Path,
+) -> None:
+    envelope_file = tmp_path / "envelope.json"
+    envelope_file.write_text("not yet an envelope\n")  # loads fail: the failure path runs too
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(NOFLYLIST_ENVELOPE=str(envelope_file), NOFLYLIST_ATTESTATION="unsafe-none",
+               NOFLYLIST_PORT=str(port), AWS_REGION="eu-west-1",
+               AWS_ACCESS_KEY_ID="AKIDAUDITSHAPE", AWS_SECRET_ACCESS_KEY="s" * 40,
+               AWS_ENDPOINT_URL_KMS="http://127.0.0.1:9")  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "noflylist", "serve"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        statuses = {}
+        for _ in range(300):
+            try:
+                statuses["/readyz"] = _get(base + "/readyz")
+                break
+            except OSError:
+                if process.poll() is not None:
+                    break
+                subprocess.run(["sleep", "0.1"], check=True)
+        for path in ("/", "/healthz", "/metrics", "/enclave/passenger?name=Big+Bird",
+                     "/no/such/route"):  # fmt: skip
+            statuses[path] = _get(base + path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert statuses == {"/readyz": 503, "/": 200, "/healthz": 200, "/metrics": 200,
+                        "/enclave/passenger?name=Big+Bird": 503, "/no/such/route": 404}, stderr
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", stderr, re.M))
+    # A positive control, so that a change in -X importtime's output cannot pass this test.
+    assert {"noflylist.decision", "noflylist.transport.server", "enclave.kms"} <= imported
+    leaked = sorted(name for name in imported if name.startswith(NOT_IN_THE_IMAGE))
+    assert leaked == [], "serve imported code that is not in the image"
+
+
+def test_the_decision_is_one_small_file_of_standard_library_code() -> None:
+    path = ROOT / "noflylist" / "decision.py"
+    lines = len(path.read_text().splitlines())
+    assert lines <= 400, f"noflylist/decision.py has {lines} lines; the promise is at most 400"
+    imported = _imports(path) - {"__future__"}
+    assert imported and all(name.split(".")[0] in sys.stdlib_module_names for name in imported)
+
+
+def test_no_runtime_module_but_the_decision_looks_a_name_up() -> None:
+    """The table's look-ups are called in :mod:`noflylist.decision` and nowhere else."""
+    callers = sorted(
+        str(path.relative_to(ROOT))
+        for path in _runtime_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in ("contains", "contains_normalised")
+        and isinstance(getattr(node, "ctx", None), ast.Load)
+        and path.name != "table.py"  # its contains() is contains_normalised(normalize(...))
+    )  # fmt: skip
+    assert callers == ["noflylist/decision.py"]
+
+
+def test_the_wire_format_imports_nothing_of_the_server() -> None:
+    imported = _imports(ROOT / "noflylist" / "wire.py") - {"__future__"}
+    project = {name for name in imported if name.split(".")[0] in RUNTIME}
+    assert project == {"enclave", "enclave.errors"}  # `from enclave import cbor`
+    assert all(name.split(".")[0] in sys.stdlib_module_names for name in imported - project)
+
+
+def test_the_wire_format_and_the_envelope_agree_on_the_largest_serial() -> None:
+    assert wire.MAX_SERIAL == envelope.MAX_COUNT
