@@ -131,3 +131,18 @@ def test_the_wire_format_imports_nothing_of_the_server() -> None:
 
 def test_the_wire_format_and_the_envelope_agree_on_the_largest_serial() -> None:
     assert wire.MAX_SERIAL == envelope.MAX_COUNT
+
+
+def test_the_auditors_reading_order_lists_every_file_of_the_image_with_its_true_line_count() -> (
+    None
+):
+    rows = re.findall(r"^\| `([^`]+)` \| ([\d,]+) \|", (ROOT / "docs" / "audit.md").read_text(),
+                      re.M)  # fmt: skip
+    listed = {path: int(count.replace(",", "")) for path, count in rows}
+    assert len(listed) == len(rows), "a file is listed twice"
+    image = {str(path.relative_to(ROOT)) for path in _runtime_files()}
+    assert sorted(set(listed) ^ image) == [], "docs/audit.md and the image's files differ"
+    wrong = {path: (count, len((ROOT / path).read_text().splitlines()))
+             for path, count in listed.items()
+             if count != len((ROOT / path).read_text().splitlines())}  # fmt: skip
+    assert wrong == {}, "docs/audit.md's line counts (listed, actual); fix the table"
