@@ -10,9 +10,17 @@ unlisted name, it loads each server in turn for a few seconds (``bench/loadgen.p
 when installed), rotating the order every round so machine noise falls on all of them alike,
 and prints req/s and p50/p99 latency (medians over rounds) and noflylist's ratios.
 
+``--compare COMMIT`` also starts the service as it was at COMMIT (``noflylist@COMMIT``, its
+source exported by ``git archive``) and prints this tree's throughput and p99 as ratios of
+that one's, so a change to the serving path is measured against its own before, in one run,
+under the same machine noise (an A/B). Both services then run pinned to one CPU and the
+load generator to the other (``harness.pin_client``: unpinned, two identical services differ
+by up to 30 % with where the scheduler wakes each, which would drown a 5 % question);
+``--no-baselines`` leaves Flask, gunicorn and the bare server out, for a shorter A/B.
+
 Run from the repository root (about 6 minutes with the defaults)::
 
-    python3 bench/bench_http.py [--seconds 4] [--rounds 2]
+    python3 bench/bench_http.py [--seconds 4] [--rounds 2] [--compare COMMIT [--no-baselines]]
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ TARGETS = (
     ("at least 1x gunicorn (2x4) at 64 connections", "gunicorn", 64, 1.0),
 )
 P99_TARGET_MS = 5.0
+#: An A/B (``--compare``) passes when this tree's keep-alive throughput and p99 are within
+#: this fraction of the other commit's (the issue's "unchanged").
+AB_TOLERANCE = 0.05
 
 Key = tuple[str, int, bool, str]  # server, connections, keep-alive, query kind
 
@@ -51,17 +62,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compare", metavar="COMMIT", help="also run the service at COMMIT")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="leave out Flask, gunicorn and the bare server")  # fmt: skip
     args = parser.parse_args()
+    if args.no_baselines and not args.compare:
+        parser.error("--no-baselines leaves only noflylist: use it with --compare")
     print(harness.machine())
     print(f"command: python3 {' '.join(sys.argv)}")
     folder = Path(tempfile.mkdtemp(prefix="bench-http-"))
     with harness.SealedList(SAMPLE_NAMES) as sealed:
-        servers = [
-            harness.start_noflylist(sealed, folder),
-            harness.start_flask_dev(sealed.names_file, folder),
-            harness.start_gunicorn(sealed.names_file, folder),
-            harness.start_bare(folder),
-        ]
+        pin = args.compare is not None
+        if pin:
+            harness.pin_client()  # and so wrk, its child
+        servers = [harness.start_noflylist(sealed, folder, pin=pin)]
+        if args.compare:
+            servers.append(harness.start_noflylist(sealed, folder, pin=pin, commit=args.compare))
+        if not args.no_baselines:
+            servers += [
+                harness.start_flask_dev(sealed.names_file, folder),
+                harness.start_gunicorn(sealed.names_file, folder),
+                harness.start_bare(folder),
+            ]
         try:
             for server in servers:
                 path = "/readyz" if server.name != "bare-http.server" else "/"
@@ -73,6 +95,8 @@ def main() -> None:
             for server in servers:
                 server.stop()
     report(results)
+    if args.compare:
+        report_ab(results, f"noflylist@{args.compare}")
     print(f"\nserver logs (noflylist's access log among them): {folder}")
 
 
@@ -149,6 +173,8 @@ def report(results: dict[Key, list[loadgen.Result]]) -> None:
 
     print("\ntargets (keep-alive; both names must meet each):")
     for description, other, connections, minimum in TARGETS:
+        if (other, connections, True, "listed") not in results:
+            continue  # --no-baselines
         worst = min(
             _median(results[("noflylist", connections, True, kind)], "requests_per_second")
             / _median(results[(other, connections, True, kind)], "requests_per_second")
@@ -159,6 +185,31 @@ def report(results: dict[Key, list[loadgen.Result]]) -> None:
     p99 = max(_median(results[("noflylist", 16, True, kind)], "p99_ms") for kind in QUERIES)
     verdict = "met" if p99 <= P99_TARGET_MS else "MISSED"
     print(f"  p99 at 16 connections at most {P99_TARGET_MS:g} ms: {p99:.2f} ms  {verdict}")
+
+
+def report_ab(results: dict[Key, list[loadgen.Result]], before: str) -> None:
+    """This tree's throughput and p99 as ratios of ``before``'s (medians over rounds), and
+    whether keep-alive stays within :data:`AB_TOLERANCE` (throughput not lower, p99 not
+    higher, by more than that)."""
+    print(f"\nA/B: noflylist (this tree) / {before}, same run; req/s ratio, p99 ratio")
+    worst_rate, worst_p99 = float("inf"), 0.0
+    for connections in CONNECTIONS:
+        for keep_alive in (True, False):
+            for kind in QUERIES:
+                after_runs = results[("noflylist", connections, keep_alive, kind)]
+                before_runs = results[(before, connections, keep_alive, kind)]
+                rate = (_median(after_runs, "requests_per_second")
+                        / _median(before_runs, "requests_per_second"))  # fmt: skip
+                p99 = _median(after_runs, "p99_ms") / _median(before_runs, "p99_ms")
+                if keep_alive:
+                    worst_rate, worst_p99 = min(worst_rate, rate), max(worst_p99, p99)
+                mode = "keep-alive" if keep_alive else "close"
+                print(f"  c={connections:<3} {mode:<10} {kind:<8} req/s {rate:5.3f}x  "
+                      f"p99 {p99:5.3f}x")  # fmt: skip
+    verdict = ("met" if worst_rate >= 1 - AB_TOLERANCE and worst_p99 <= 1 + AB_TOLERANCE
+               else "MISSED")  # fmt: skip
+    print(f"  keep-alive within {AB_TOLERANCE:.0%} of {before} (worst row): req/s "
+          f"{worst_rate:.3f}x, p99 {worst_p99:.3f}x  {verdict}")
 
 
 if __name__ == "__main__":
