@@ -17,8 +17,10 @@ work=${1:?usage: build-twice.sh WORK_DIR}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 driver=${NOFLYLIST_STORAGE_DRIVER:-overlay}
-# The commit's time: any fixed value works, this one needs no agreement beyond the commit.
-epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct)}
+# The time of the last commit that changed the image's inputs (inputs-epoch.sh): any fixed
+# value works, this one needs no agreement beyond the commit and leaves PCR0 alone when a
+# commit changes only what the image does not hold.
+epoch=${SOURCE_DATE_EPOCH:-$("$here/inputs-epoch.sh" "$repo")}
 # Build arguments as a deployment would give them (a placeholder bucket and key).
 envelope=${NOFLYLIST_TEST_ENVELOPE:-s3://noflylist-example-lists/envelope.json}
 key_id=${NOFLYLIST_TEST_KEY_ID:-arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000}

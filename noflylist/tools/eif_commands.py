@@ -87,8 +87,8 @@ def _eif_build(args: argparse.Namespace) -> int:
         text = os.environ.get("SOURCE_DATE_EPOCH", "")
         if not text.isascii() or not text.isdigit():
             raise BuildError(
-                "set --source-date-epoch or SOURCE_DATE_EPOCH (seconds; the commit's time: "
-                "git log -1 --format=%ct)"
+                "set --source-date-epoch or SOURCE_DATE_EPOCH (seconds; the time of the last "
+                "commit that changed the image's inputs: .ci/image/inputs-epoch.sh)"
             )
         epoch = int(text)
     inputs = Inputs(args.app, args.odyn, args.manifest, args.blobs, epoch, args.image_name)
