@@ -94,8 +94,9 @@ ENV PYTHONPATH=/opt/noflylist \
     PYTHONDONTWRITEBYTECODE=1 \
     NOFLYLIST_ENVELOPE=${NOFLYLIST_ENVELOPE} \
     NOFLYLIST_KEY_ID=${NOFLYLIST_KEY_ID}
-# Root in the enclave: the NSM driver (/dev/nsm) requires CAP_SYS_ADMIN. Enclaver's ingress
-# (odyn) forwards each connection to 127.0.0.1:<listen_port>, so the service listens there
-# only. CMD is emptied because Enclaver appends it to ENTRYPOINT (the base's CMD is python3).
+# No USER: odyn, Enclaver's supervisor, decides whom the service runs as (root in Enclaver's
+# releases, uid/gid 1000 on its main branch). Either works, and nothing here needs root: AWS's
+# nsm driver makes /dev/nsm mode 0666, and port 8001 is not privileged. odyn forwards each
+# ingress connection to 127.0.0.1:<listen_port>, so the service listens there only. CMD is emptied because Enclaver appends it to ENTRYPOINT (the base's CMD is python3).
 ENTRYPOINT ["/usr/local/bin/noflylist", "serve", "--attestation", "nsm", "--host", "127.0.0.1", "--port", "8001"]
 CMD []

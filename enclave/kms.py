@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,6 +74,26 @@ class DataKey:
     ciphertext_blob: bytes = field(repr=False)
     plaintext: bytes | None = field(repr=False)
     ciphertext_for_recipient: bytes | None = field(repr=False)
+
+
+#: A KMS key ARN (``arn:PARTITION:kms:REGION:ACCOUNT:key/ID``); its region is where the key
+#: lives, and KMS answers for a key only in its own region.
+_KEY_ARN = re.compile(
+    r"arn:aws(?:-cn|-us-gov)?:kms:([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):[0-9]{12}:key/.+"
+)
+
+
+def key_region(key_id: str | None) -> str | None:
+    """The region a key ARN names, or ``None`` for a key id, an alias or no key.
+
+    The service sends its ``Decrypt`` to this region whatever region the instance is in, so
+    the manifest's egress can name the one KMS host (``kms.<region>.amazonaws.com``) and a
+    key in another region than the instance still works.
+    """
+    if key_id is None:
+        return None
+    match = _KEY_ARN.fullmatch(key_id)
+    return match.group(1) if match else None
 
 
 def kms_endpoint(region: str, environ: Mapping[str, str]) -> str:

@@ -37,7 +37,7 @@ from enclave import http_client
 from enclave.attested_decrypt import Decryptor, make_decryptor, open_module
 from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
 from enclave.errors import EnclaveError
-from enclave.kms import KMSClient
+from enclave.kms import KMSClient, key_region
 from enclave.nsm import SecureModule
 from noflylist.attestation_route import AttestationRoute
 from noflylist.config import ServeConfig
@@ -151,7 +151,9 @@ class Service:
         """The holder's opener: the region (from IMDS if need be), then the KMS client, the
         decryptor and the source. Called by each load until it succeeds once."""
         region = self._region or region_from_imds(self._environ)
-        kms = KMSClient(region, self._credentials, environ=self._environ)
+        # A key ARN names the key's region, the only one whose KMS can decrypt under it.
+        kms = KMSClient(key_region(self.config.key_id) or region, self._credentials,
+                        environ=self._environ)  # fmt: skip
         decryptor = make_decryptor(self.config.attestation, kms, self._module)
         source = open_source(
             self.config.envelope, region=region, credentials=self._credentials,
@@ -159,10 +161,12 @@ class Service:
         )  # fmt: skip
         self._region, self.kms = region, kms
         log.info(
-            "noflylist: attestation %s, envelope %s, KMS %s (%s), credentials from %s",
+            "noflylist: attestation %s, envelope %s, KMS %s in %s, this instance's region "
+            "(%s), credentials from %s",
             decryptor.mode,
             source.description,
             kms.endpoint,
+            kms.region,
             region,
             self._credentials.source,
         )

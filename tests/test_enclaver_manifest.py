@@ -9,8 +9,10 @@ host are compared label by label from the right, case-insensitively; ``*`` match
 Enclaver's own test cases for that matcher are checked first, so the matcher here is theirs.
 
 PyYAML comes with moto[server] (the ``dev`` extra). Enclaver reads the manifest with serde and
-``deny_unknown_fields``, so an unknown key would make ``enclaver build`` fail; the schema below
-is its manifest.rs.
+``deny_unknown_fields`` on every struct, so an unknown key anywhere would make ``enclaver
+build`` fail; the schema below is its current manifest.rs (enclaver-io/enclaver, main, which
+has ``sources.odyn`` and ``sources.sleeve``: the older ``supervisor`` and ``wrapper`` are
+refused there).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 import yaml
 
 from enclave.credentials import DEFAULT_IMDS_ENDPOINT
-from enclave.kms import kms_endpoint
+from enclave.kms import key_region, kms_endpoint
 from enclave.s3 import object_url, parse_s3_url
 from noflylist.config import DEFAULT_PORT
 
@@ -37,20 +39,28 @@ DOCKERFILE = ROOT / "Dockerfile"
 #: The deployment the committed manifest is written for (docs/deploy.md's example, and the
 #: build argument .ci/image/build-twice.sh builds with).
 ENVELOPE = "s3://noflylist-example-lists/envelope.json"
+KEY_ID = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 #: Regions to try: the pattern must not depend on which one the instance is in.
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "us-gov-west-1")
 
-#: Enclaver's manifest schema (manifest.rs): each object's allowed keys.
+#: Enclaver's manifest schema (manifest.rs): each struct's fields; every one denies others.
 _SCHEMA = {
     "": {
         "version", "name", "target", "sources", "signature",
-        "ingress", "egress", "defaults", "kms_proxy", "api",
+        "ingress", "egress", "defaults", "kms_proxy", "api", "spire",
     },
-    "sources": {"app", "supervisor", "wrapper"},
+    "sources": {"app", "odyn", "sleeve"},
+    "signature": {"certificate", "key"},
     "ingress[]": {"listen_port", "tls"},
+    "ingress[].tls": {"key_file", "cert_file"},
     "egress": {"proxy_port", "allow", "deny"},
     "defaults": {"cpu_count", "memory_mb"},
+    "kms_proxy": {"listen_port", "endpoints"},
+    "api": {"listen_port"},
+    "spire": {"server_addr", "ca_cert", "trust_domain", "svid_dir", "workload_api_addr"},
 }
+#: An image reference pinned by digest, as ``docker pull NAME@sha256:HEX`` takes it.
+_BY_DIGEST = re.compile(r"[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)+@sha256:[0-9a-f]{64}")
 
 
 # -- Enclaver's egress rules ----------------------------------------------------------------
@@ -157,11 +167,13 @@ def _host(url: str) -> str:
     return host
 
 
-def hosts_contacted(envelope: str, region: str, environ: dict[str, str]) -> dict[str, str]:
-    """What the service connects to for this configuration, by purpose, from its own code."""
+def hosts_contacted(envelope: str, region: str, environ: dict[str, str],
+                    key_id: str | None = KEY_ID) -> dict[str, str]:  # fmt: skip
+    """What the service connects to for this configuration, by purpose, from its own code
+    (KMS in the key's region when the key is an ARN, as noflylist.service does)."""
     bucket, key = parse_s3_url(envelope)
     return {
-        "KMS": _host(kms_endpoint(region, environ)),
+        "KMS": _host(kms_endpoint(key_region(key_id) or region, environ)),
         "S3": _host(object_url(bucket, key, region, environ)),
         "IMDS": _host(DEFAULT_IMDS_ENDPOINT),
     }
@@ -213,16 +225,20 @@ def test_no_kms_proxy_so_every_kms_call_is_attested_by_the_service(
 ) -> None:
     assert "kms_proxy" not in manifest
     # Without the proxy nothing sets AWS_KMS_ENDPOINT, and the service goes to KMS itself.
-    assert hosts_contacted(ENVELOPE, "us-east-1", {})["KMS"] == "kms.us-east-1.amazonaws.com"
+    assert hosts_contacted(ENVELOPE, "us-east-1", {})["KMS"] == "kms.eu-west-1.amazonaws.com"
+    hosts = hosts_contacted(ENVELOPE, "us-east-1", {}, key_id=None)
+    assert hosts["KMS"] == "kms.us-east-1.amazonaws.com"
 
 
 def test_the_manifest_uses_only_fields_enclaver_knows(manifest: dict[str, Any]) -> None:
     assert manifest["version"] == "v1"
     assert set(manifest) <= _SCHEMA[""]
-    for section in ("sources", "egress", "defaults"):
-        assert set(manifest[section]) <= _SCHEMA[section], section
+    for section in ("sources", "signature", "egress", "defaults", "kms_proxy", "api", "spire"):
+        if section in manifest:
+            assert set(manifest[section]) <= _SCHEMA[section], section
     for ingress in manifest["ingress"]:
         assert set(ingress) <= _SCHEMA["ingress[]"]
+        assert set(ingress.get("tls") or {}) <= _SCHEMA["ingress[].tls"]
     for name in ("name", "target"):
         assert isinstance(manifest[name], str) and manifest[name]
     assert isinstance(manifest["sources"]["app"], str) and manifest["sources"]["app"]
@@ -255,3 +271,23 @@ def test_the_example_bucket_is_the_one_the_image_check_builds_with() -> None:
     """build-twice.sh builds with ENVELOPE; docs/deploy.md shows it: one example everywhere."""
     script = (ROOT / ".ci" / "image" / "build-twice.sh").read_text(encoding="utf-8")
     assert re.search(r"NOFLYLIST_TEST_ENVELOPE:-" + re.escape(ENVELOPE) + r"\}", script)
+
+
+def test_the_old_schema_is_refused_by_the_schema_here() -> None:
+    """The keys Enclaver used to take, which current Enclaver refuses as unknown fields."""
+    assert not {"supervisor", "wrapper"} & _SCHEMA["sources"]
+
+
+def test_odyn_and_sleeve_are_pinned_by_digest(manifest: dict[str, Any]) -> None:
+    """odyn is inside the EIF (PCR0); the sleeve wraps it: a tag would let either change."""
+    for source in ("odyn", "sleeve"):
+        assert _BY_DIGEST.fullmatch(manifest["sources"][source]), source
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_egress_reaches_kms_only_in_the_keys_region(manifest: dict[str, Any], region: str) -> None:
+    allow, deny = _allow(manifest), _deny(manifest)
+    assert key_region(KEY_ID) == "eu-west-1"
+    assert egress_allows(allow, deny, hosts_contacted(ENVELOPE, region, {})["KMS"])
+    if region != "eu-west-1":
+        assert not egress_allows(allow, deny, f"kms.{region}.amazonaws.com"), region

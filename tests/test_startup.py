@@ -27,6 +27,7 @@ import pytest
 
 from enclave import credentials
 from enclave.errors import EnclaveError
+from enclave.kms import key_region
 from noflylist import service as app
 from noflylist.config import ServeConfig
 from noflylist.lists import LOADS
@@ -376,3 +377,39 @@ def test_noflylist_serve_rides_out_imds_down_at_boot_then_serves_and_exits_0_on_
     assert "retrying the first load" in output and "no AWS region yet" in output
     assert f"({IMDS_REGION}), credentials from imds" in output
     assert "Traceback" not in output
+
+
+# -- the key's region --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key_id, region",
+    [("arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000", "us-east-1"),
+     ("arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/abc", "us-gov-west-1"),
+     ("arn:aws:kms:us-east-1:111122223333:alias/lists", None),  # an alias is not the key
+     ("00000000-0000-4000-8000-000000000000", None),
+     ("arn:aws:kms:us-east-1.evil.example:111122223333:key/abc", None),
+     (None, None)],
+)  # fmt: skip
+def test_the_region_of_a_key_arn_is_read_strictly(key_id: str | None, region: str | None) -> None:
+    assert key_region(key_id) == region
+
+
+def test_kms_calls_go_to_the_region_of_the_key_arn_whatever_the_instance_region(
+    envelope_file: Path,
+) -> None:
+    """enclaver.yaml allows only the key's KMS host, so the service must not ask another."""
+    key = "arn:aws:kms:ap-southeast-2:111122223333:key/00000000-0000-4000-8000-000000000000"
+    environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIDREGIONTEST",
+               "AWS_SECRET_ACCESS_KEY": "s" * 40}  # fmt: skip
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="unsafe-none",
+                         key_id=key)  # fmt: skip
+    service = app.Service(config, environ=environ)
+    service._open()  # what the first load does before it fetches anything
+    assert service.kms is not None
+    assert (service.kms.endpoint, service.kms.region) == (
+        "https://kms.ap-southeast-2.amazonaws.com", "ap-southeast-2")
+    unpinned = app.Service(ServeConfig(envelope=str(envelope_file), port=0,
+                                       attestation="unsafe-none"), environ=environ)  # fmt: skip
+    unpinned._open()
+    assert unpinned.kms is not None and unpinned.kms.region == "eu-west-1"
