@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist import __version__
 from noflylist.lists import ListHolder
@@ -42,7 +43,7 @@ __all__ = ["AttestationEndpointError", "AttestationRoute"]
 _log = logging.getLogger(__name__)
 
 #: The attestation modes that have an NSM to ask (``unsafe-none`` has none: no route).
-MODES = frozenset({"nsm", "simulated"})
+ATTESTING_MODES = (AttestationMode.NSM, AttestationMode.SIMULATED)
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _ERROR_TYPE = "text/plain; charset=utf-8"
 
@@ -54,11 +55,11 @@ class AttestationEndpointError(EnclaveError):
 class AttestationRoute:
     """The route handler: one fresh NSM document per request, bound to the list in service."""
 
-    def __init__(self, module: SecureModule, holder: ListHolder, *, mode: str) -> None:
-        if mode not in MODES:
+    def __init__(self, module: SecureModule, holder: ListHolder, *, mode: AttestationMode) -> None:
+        if mode not in ATTESTING_MODES:
             raise AttestationEndpointError(
-                f"the attestation route needs an NSM; mode {mode!r} has none "
-                f"(use one of {', '.join(sorted(MODES))})"
+                f"the attestation route needs an NSM; mode '{mode}' has none "
+                f"(use one of {', '.join(ATTESTING_MODES)})"
             )
         self._module = module
         self._holder = holder
@@ -67,7 +68,7 @@ class AttestationRoute:
     def __call__(self, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> RouteResponse:
         """A :data:`noflylist.transport.server.RouteHandler`: 200 with the document, 400 for a bad
         nonce, 503 if the NSM fails. ``headers`` has lower-case names, as the server gives."""
-        mode_header = {MODE_HEADER: self._mode}
+        mode_header = {MODE_HEADER: str(self._mode)}
         try:
             nonce = _nonce(query)
         except AttestationEndpointError as exc:

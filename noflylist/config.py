@@ -10,11 +10,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave.attested_decrypt import MODES
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
+from enclave.nsm import NSM_DEVICE_PATH
 
-#: Where the NSM device appears inside a Nitro Enclave.
-NSM_DEVICE = "/dev/nsm"
+#: Where the NSM device appears inside a Nitro Enclave; its presence makes ``nsm`` the default.
+NSM_DEVICE = NSM_DEVICE_PATH
 DEFAULT_PORT = 8001
 #: How often a remote envelope (s3://, https://) is polled; a conditional request is cheap.
 DEFAULT_REFRESH_INTERVAL = 300.0
@@ -45,7 +46,8 @@ OPTIONS = {
     "attestation": Option(
         "--attestation",
         "NOFLYLIST_ATTESTATION",
-        "how KMS calls are attested: nsm (default when /dev/nsm exists), simulated, unsafe-none",
+        f"how KMS calls are attested: {AttestationMode.NSM} (default when {NSM_DEVICE} exists), "
+        f"{AttestationMode.SIMULATED}, {AttestationMode.UNSAFE_NONE}",
     ),
     "refresh_interval": Option(
         "--refresh-interval",
@@ -75,7 +77,7 @@ class ServeConfig:
     envelope: str
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    attestation: str = "nsm"
+    attestation: AttestationMode = AttestationMode.NSM
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL
     key_id: str | None = None
     log_format: str = "text"
@@ -98,21 +100,12 @@ def build_serve_config(
     envelope = value("envelope")
     if not envelope:
         raise ConfigError(_named("envelope", "is required: where is the encrypted list?"))
-    attestation = value("attestation") or ("nsm" if os.path.exists(NSM_DEVICE) else None)
-    if attestation is None:
-        raise ConfigError(
-            f"{NSM_DEVICE} does not exist, so this is not a Nitro Enclave; choose "
-            "--attestation simulated (local simulator) or --attestation unsafe-none "
-            "(development against a real KMS, no protection) explicitly "
-            f"(or set {OPTIONS['attestation'].variable})"
-        )
-    if attestation not in MODES:
-        raise ConfigError(_named("attestation", f"must be one of {', '.join(MODES)}"))
+    attestation = _attestation(value("attestation") or None)
     log_format = value("log_format") or "text"
     if log_format not in LOG_FORMATS:
         raise ConfigError(_named("log_format", "must be text or json"))
     simulator_state = value("simulator_state")
-    if attestation == "simulated" and not simulator_state:
+    if attestation == AttestationMode.SIMULATED and not simulator_state:
         raise ConfigError(_named("simulator_state", "is required with --attestation simulated"))
     return ServeConfig(
         envelope=envelope,
@@ -125,6 +118,24 @@ def build_serve_config(
         workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, 1, 256),
         simulator_state=simulator_state,
     )
+
+
+def _attestation(text: str | None) -> AttestationMode:
+    """The mode named, or ``nsm`` where ``/dev/nsm`` exists; never a silent fallback."""
+    if text is None:
+        if os.path.exists(NSM_DEVICE):
+            return AttestationMode.NSM
+        raise ConfigError(
+            f"{NSM_DEVICE} does not exist, so this is not a Nitro Enclave; choose "
+            f"--attestation {AttestationMode.SIMULATED} (local simulator) or --attestation "
+            f"{AttestationMode.UNSAFE_NONE} (development against a real KMS, no protection) "
+            f"explicitly (or set {OPTIONS['attestation'].variable})"
+        )
+    try:
+        return AttestationMode(text)
+    except ValueError:
+        valid = ", ".join(AttestationMode)
+        raise ConfigError(_named("attestation", f"must be one of {valid}")) from None
 
 
 def _named(name: str, problem: str) -> str:

@@ -38,13 +38,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from enclave import cbor
 from enclave.nsm import (
     PCR,
-    PCR_BYTES,
     NSMDeviceError,
     NSMError,
     # The device wrapper's own refusals, so the simulator and the device refuse alike.
     _check_attestation_inputs,
     _check_index,
 )
+from enclave.nsm_limits import MAX_PCRS, PCR_BYTES
 from noflylist.client import cose
 from noflylist_simulator.ca import SimulatedCA
 
@@ -59,8 +59,6 @@ _UNMEASURED_PREFIXES = frozenset({("noflylist", "client"), ("noflylist", "tools"
 _PCR0_CONTEXT = b"noflylist simulated PCR0 v1\x00"
 #: Registers a real NSM reports in a document (the bank holds 32; 16 to 31 are user PCRs).
 DOCUMENT_PCRS = 16
-#: Size of the simulated PCR bank, as DescribeNSM reports on Nitro.
-MAX_PCRS = 32
 #: Registers a debug-mode enclave reports as zero.
 DEBUG_ZEROED_PCRS = frozenset({0, 1, 2, 8})
 #: Bytes per GetRandom answer, like the NSM's.

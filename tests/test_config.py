@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave.modes import AttestationMode
 from noflylist import config
 from noflylist.config import ConfigError, build_serve_config
 
@@ -29,7 +30,7 @@ def test_environment_supplies_every_option() -> None:
         envelope="s3://bucket/envelope.json",
         host="0.0.0.0",
         port=9000,
-        attestation="unsafe-none",
+        attestation=AttestationMode.UNSAFE_NONE,
         refresh_interval=30.0,
         key_id="alias/noflylist",
         log_format="json",
@@ -83,4 +84,28 @@ def test_nsm_is_the_default_where_dev_nsm_exists(
     device = tmp_path / "nsm"
     device.write_bytes(b"")
     monkeypatch.setattr(config, "NSM_DEVICE", str(device))
-    assert build_serve_config({"envelope": "e"}, {}).attestation == "nsm"
+    assert build_serve_config({"envelope": "e"}, {}).attestation is AttestationMode.NSM
+
+
+@pytest.mark.parametrize("text", ["nsm", "simulated", "unsafe-none"])
+def test_the_attestation_value_on_the_command_line_becomes_the_enum_member(text: str) -> None:
+    flags = {"envelope": "e", "attestation": text, "simulator_state": "state"}
+    built = build_serve_config(flags, {})
+    assert built.attestation is AttestationMode(text) and built.attestation == text
+
+
+def test_an_unknown_attestation_mode_is_refused_with_every_valid_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_serve_config({"envelope": "e", "attestation": "NSM"}, {})
+    assert str(caught.value) == (
+        "--attestation (or NOFLYLIST_ATTESTATION) must be one of nsm, simulated, unsafe-none"
+    )
+
+
+def test_an_empty_attestation_flag_counts_as_not_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    device = tmp_path / "nsm"
+    device.write_bytes(b"")
+    monkeypatch.setattr(config, "NSM_DEVICE", str(device))
+    assert build_serve_config({"envelope": "e", "attestation": ""}, {}).attestation == "nsm"

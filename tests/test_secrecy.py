@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from enclave.modes import AttestationMode
 from noflylist import cli
 from noflylist import service as app
 from noflylist.config import ServeConfig
@@ -329,7 +330,7 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
     monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
     environ = {"AWS_ENDPOINT_URL_KMS": kms.url, "AWS_REGION": "eu-west-1",
                "AWS_ACCESS_KEY_ID": "AKIDSECRECYTEST", "AWS_SECRET_ACCESS_KEY": "s" * 40}
-    config = ServeConfig(envelope=str(path), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(path), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN, log_format=log_format)  # fmt: skip
     root = logging.getLogger()
     saved = root.handlers[:], root.level

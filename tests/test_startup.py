@@ -27,6 +27,7 @@ import pytest
 
 from enclave import credentials
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from noflylist import service as app
 from noflylist.config import ServeConfig
 from noflylist.lists import LOADS
@@ -119,7 +120,7 @@ def test_serve_without_aws_region_answers_503_with_the_reason_until_imds_answers
     # The shipped manifest's setting: no region, no keys; both come from IMDS.
     environ = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}",
                "AWS_ENDPOINT_URL_KMS": kms.url}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
     with caplog.at_level(logging.INFO):
         service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
@@ -164,7 +165,7 @@ def test_the_first_load_loop_survives_an_exception_that_escapes_reload_and_count
     monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
     environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIDSTARTUPTEST",
                "AWS_SECRET_ACCESS_KEY": "s" * 40, "AWS_ENDPOINT_URL_KMS": kms.url}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
     service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
     real_reload = service.holder.reload
@@ -224,7 +225,7 @@ def test_asking_for_the_region_backs_off_doubling_to_the_ceiling(
     imds.token_status = 503
     imds.start()
     environ = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, "AWS_ENDPOINT_URL_KMS": kms.url}
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
     service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
     wake = _RecordingEvent()
@@ -265,7 +266,8 @@ def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
 ) -> None:
     environ = {"AWS_ACCESS_KEY_ID": "AKIDSTARTUPTEST", "AWS_SECRET_ACCESS_KEY": "s" * 40,
                **environ}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="unsafe-none")
+    config = ServeConfig(envelope=str(envelope_file), port=0,
+                         attestation=AttestationMode.UNSAFE_NONE)  # fmt: skip
     with pytest.raises(EnclaveError) as raised:
         app.Service(config, environ=environ)
     assert words in str(raised.value)
@@ -279,7 +281,7 @@ def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
 def test_a_malformed_envelope_location_fails_the_service_at_construction(
     location: str, words: str
 ) -> None:
-    config = ServeConfig(envelope=location, port=0, attestation="unsafe-none")
+    config = ServeConfig(envelope=location, port=0, attestation=AttestationMode.UNSAFE_NONE)
     with pytest.raises(EnclaveError, match=words):
         app.Service(config, environ={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from enclave.modes import AttestationMode
 from enclave.nsm import NSMError
 from noflylist import __version__, cli
 from noflylist.attestation_route import AttestationEndpointError, AttestationRoute
@@ -189,7 +190,7 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
     sim, module = simulator
     holder[0].reload(only_if_changed=False)
     nonce = b"\x42" * 32
-    _, _, body, _ = AttestationRoute(module, holder[0], mode="simulated")(
+    _, _, body, _ = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)(
         {"nonce": [nonce.hex()]}, {}
     )
     (tmp_path / "doc.cbor").write_bytes(body)
@@ -237,7 +238,7 @@ def holder(tmp_path) -> tuple[ListHolder, Path]:
 
 def test_route_documents_carry_the_nonce_and_verify_against_the_simulator_root(simulator, holder):
     sim, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     nonce = bytes(range(1, 33))
     status, content_type, body, headers = route({"nonce": [nonce.hex()]}, {})
     assert (status, content_type) == (200, "application/cbor")
@@ -249,7 +250,7 @@ def test_route_documents_carry_the_nonce_and_verify_against_the_simulator_root(s
 def test_route_user_data_names_no_list_before_load_and_the_envelope_after(simulator, holder):
     sim, module = simulator
     list_holder, path = holder
-    route = AttestationRoute(module, list_holder, mode="nsm")
+    route = AttestationRoute(module, list_holder, mode=AttestationMode.NSM)
     nonce = b"\x5a" * 8
 
     def user_data() -> object:
@@ -285,7 +286,7 @@ def test_route_sends_base64_text_only_when_text_plain_is_preferred(
     simulator, holder, accept, as_text
 ):
     sim, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     nonce = b"\x01" * 16
     status, content_type, body, _ = route({"nonce": [nonce.hex()]}, {"accept": accept})
     assert status == 200
@@ -333,7 +334,7 @@ def test_route_refuses_bad_nonces_with_400_and_one_line_that_echoes_nothing(
     simulator, holder, query
 ):
     _, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     status, content_type, body, _ = route(query, {})
     assert status == 400 and content_type.startswith("text/plain")
     text = body.decode()
@@ -346,14 +347,14 @@ def test_route_answers_503_with_the_reason_when_the_nsm_fails(holder):
         def attestation(self, **_: object) -> bytes:
             raise NSMError("the NSM did not answer Attestation within the driver's timeout")
 
-    route = AttestationRoute(BrokenNSM(), holder[0], mode="nsm")  # type: ignore[arg-type]
+    route = AttestationRoute(BrokenNSM(), holder[0], mode=AttestationMode.NSM)  # type: ignore[arg-type]
     status, _, body, _ = route({"nonce": ["ab" * 8]}, {})
     assert status == 503 and b"driver's timeout" in body
 
 
 def test_route_needs_a_mode_with_an_nsm(simulator, holder):
     with pytest.raises(AttestationEndpointError, match="unsafe-none"):
-        AttestationRoute(simulator[1], holder[0], mode="unsafe-none")
+        AttestationRoute(simulator[1], holder[0], mode=AttestationMode.UNSAFE_NONE)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +424,7 @@ def serve(simulator, holder, monkeypatch):
     started: list[_Service] = []
 
     def start(route: RouteHandler | None = None) -> _Service:
-        route = route or AttestationRoute(module, list_holder, mode="simulated")
+        route = route or AttestationRoute(module, list_holder, mode=AttestationMode.SIMULATED)
         started.append(_Service(list_holder, route, sim.root_pem))
         return started[-1]
 
@@ -496,7 +497,7 @@ def test_check_refuses_a_replayed_document_whose_nonce_is_not_ours(serve, simula
 
 def test_check_refuses_a_debug_mode_enclave(serve, tmp_path, holder, capsys):
     debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
-    service = serve(AttestationRoute(debug_module, holder[0], mode="simulated"))
+    service = serve(AttestationRoute(debug_module, holder[0], mode=AttestationMode.SIMULATED))
     argv = ["check", service.url, "Big Bird", "--expect-pcr", f"0={PCR0.hex()}"]
     err = refused(service, capsys, [*argv, "--root", str(tmp_path / "debug-ca" / "root.pem")])
     assert "PCR0 is all zero" in err

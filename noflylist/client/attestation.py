@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from enclave.cbor import CBORError, CBORValue, decode, encode
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import MAX_NONCE_BYTES, MAX_PCRS, MAX_PUBLIC_KEY_BYTES, MAX_USER_DATA_BYTES
 from noflylist.client.cose import (
     ALG_ES384,
     HEADER_ALG,
@@ -63,13 +64,9 @@ _MAX_DOCUMENT_BYTES = _MAX_PAYLOAD_BYTES + 1024
 _MAX_CERT_BYTES = 1024
 #: Nitro bundles hold 4 certificates; the cap bounds the signature checks a document can cause.
 _MAX_CABUNDLE = 8
-#: §3.2.2.2: ``pcrs`` holds 1 to 32 registers, indices 0..31, each 32, 48 or 64 bytes.
-_MAX_PCRS = 32
+#: §3.2.2.2: each PCR is 32, 48 or 64 bytes (the register count and the ``public_key``,
+#: ``user_data`` and ``nonce`` sizes are the NSM's limits, :mod:`enclave.nsm_limits`).
 _PCR_SIZES = frozenset({32, 48, 64})
-#: §3.2.2.2 field size limits (``public_key`` 1..1024, ``user_data`` and ``nonce`` 0..512).
-_MAX_PUBLIC_KEY = 1024
-_MAX_USER_DATA = 512
-_MAX_NONCE = 512
 #: ``timestamp: uint .size 8``: milliseconds since the UNIX epoch.
 _MAX_TIMESTAMP_MS = 2**64 - 1
 #: §3.2.2.2: the only digest the NSM uses for PCRs.
@@ -242,14 +239,14 @@ def _bytes_field(name: str, value: CBORValue, low: int, high: int) -> bytes:
 
 def _check_pcrs(value: CBORValue) -> dict[int, bytes]:
     """``pcrs``: a map of 1..32 entries, integer index 0..31 to 32, 48 or 64 bytes."""
-    if not isinstance(value, dict) or not 1 <= len(value) <= _MAX_PCRS:
-        raise AttestationError(f"step 2 (payload): pcrs must be a map of 1..{_MAX_PCRS} entries")
+    if not isinstance(value, dict) or not 1 <= len(value) <= MAX_PCRS:
+        raise AttestationError(f"step 2 (payload): pcrs must be a map of 1..{MAX_PCRS} entries")
     pcrs: dict[int, bytes] = {}
     for index, content in value.items():
-        if type(index) is not int or not 0 <= index < _MAX_PCRS:
+        if type(index) is not int or not 0 <= index < MAX_PCRS:
             raise AttestationError(
                 f"step 2 (payload): PCR index {_preview(index)} is not an integer in "
-                f"0..{_MAX_PCRS - 1}"
+                f"0..{MAX_PCRS - 1}"
             )
         if not isinstance(content, bytes) or len(content) not in _PCR_SIZES:
             raise AttestationError(
@@ -322,9 +319,9 @@ def _step2_check_payload(payload: bytes) -> _Payload:
             _bytes_field(f"cabundle[{i}]", der, 1, _MAX_CERT_BYTES)
             for i, der in enumerate(cabundle)
         ],
-        public_key=_optional_bytes(fields, "public_key", 1, _MAX_PUBLIC_KEY),
-        user_data=_optional_bytes(fields, "user_data", 0, _MAX_USER_DATA),
-        nonce=_optional_bytes(fields, "nonce", 0, _MAX_NONCE),
+        public_key=_optional_bytes(fields, "public_key", 1, MAX_PUBLIC_KEY_BYTES),
+        user_data=_optional_bytes(fields, "user_data", 0, MAX_USER_DATA_BYTES),
+        nonce=_optional_bytes(fields, "nonce", 0, MAX_NONCE_BYTES),
     )
 
 

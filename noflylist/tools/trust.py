@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 
 from enclave import http_client
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from noflylist.cli import Handler
 from noflylist.client.attestation import AttestationDocument, AttestationError, verify
 from noflylist.tools import policy as key_policy
@@ -244,7 +245,7 @@ def _check(args: argparse.Namespace) -> int:
             "--root, not AWS's; it proves nothing about real hardware",
             file=sys.stderr,
         )
-    elif response.headers.get(MODE_HEADER.lower(), "") == "simulated":
+    elif response.headers.get(MODE_HEADER.lower(), "") == AttestationMode.SIMULATED:
         print(
             "WARNING: the service says its documents are SIMULATED (signed by a development "
             "root); they cannot verify against AWS's root",

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import cbor2
 import pytest
 
-from enclave import cbor, nsm
+from enclave import cbor, nsm, nsm_limits
 from enclave.nsm import NitroSecureModule, NSMDeviceError, NSMError
 from noflylist.client.attestation import AttestationError, verify
 from noflylist.client.cose import decode_sign1
@@ -237,7 +237,11 @@ def test_attestation_without_inputs_has_nine_fields_in_aws_order_and_null_inputs
         (None, 1, None),
         (None, None, 1),
         # The NSM's documented limits, all at once.
-        (nsm.MAX_PUBLIC_KEY_BYTES, nsm.MAX_USER_DATA_BYTES, nsm.MAX_NONCE_BYTES),
+        (
+            nsm_limits.MAX_PUBLIC_KEY_BYTES,
+            nsm_limits.MAX_USER_DATA_BYTES,
+            nsm_limits.MAX_NONCE_BYTES,
+        ),
     ],
 )
 def test_attestation_returns_public_key_user_data_and_nonce_as_given(
