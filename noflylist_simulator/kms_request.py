@@ -121,7 +121,7 @@ def recipient_field(request: Mapping[str, Any], root: x509.Certificate) -> Recip
         raise fault("ValidationException", "KeyEncryptionAlgorithm must be RSAES_OAEP_SHA_256.")
     document = blob_field(recipient, "AttestationDocument", MAX_DOCUMENT_BYTES)
     try:
-        verified = attestation.verify(document, root=root, allow_debug=True)
+        verified = attestation.verify(document, unsafe_root=root, unsafe_allow_debug=True)
     except attestation.AttestationError as exc:
         raise fault("ValidationException", f"Invalid attestation document: {exc}") from None
     if verified.public_key is None:

@@ -221,7 +221,7 @@ class FaultyKMS:
         except KMSError as exc:
             return _kms_error(str(exc), "refused")
         document = base64.b64decode(request["Recipient"]["AttestationDocument"])
-        public_key = attestation.verify(document, root=self._root.root).public_key
+        public_key = attestation.verify(document, unsafe_root=self._root.root).public_key
         assert public_key is not None
         recipient_key = load_der_public_key(public_key)
         if fault == "for-another-key":

@@ -182,7 +182,7 @@ def _banner(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
         f"    curl '{base}/readyz'",
         f"    curl '{base}/metrics'",
         f"    noflylist check {base} 'Big Bird' --expect-pcr 0={pcr0.hex()} \\",
-        f"        --root {state / 'ca' / 'root.pem'}",
+        f"        --unsafe-root {state / 'ca' / 'root.pem'}",
         "",
         "  Ctrl-C stops it.",
         "=" * 78,

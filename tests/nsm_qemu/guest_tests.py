@@ -301,7 +301,7 @@ def test_qemu_documents_are_unsigned_and_the_verifier_refuses_them_at_step_1(
     assert sign1.signature == bytes(64)
     assert payload_of(document)["certificate"] == bytes(64)
     with pytest.raises(AttestationError) as refused:
-        verify(document, nonce=b"n" * 16, allow_debug=True)
+        verify(document, nonce=b"n" * 16, unsafe_allow_debug=True)
     assert str(refused.value).startswith("step 1")
 
 
