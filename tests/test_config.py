@@ -3,6 +3,7 @@ message naming both the flag and the variable."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,35 @@ def test_an_empty_attestation_flag_counts_as_not_given(
     device.write_bytes(b"")
     monkeypatch.setattr(config, "NSM_DEVICE", str(device))
     assert build_serve_config({"envelope": "e", "attestation": ""}, {}).attestation == "nsm"
+
+
+@pytest.mark.parametrize("workers", ["1", "256"])
+def test_the_worker_count_is_accepted_from_one_to_max_workers(workers: str) -> None:
+    flags = {"envelope": "e", "attestation": "unsafe-none", "workers": workers}
+    assert build_serve_config(flags, {}).workers == int(workers)
+
+
+@pytest.mark.parametrize("workers", ["0", "257", "-1", "eight"])
+def test_a_worker_count_outside_one_to_max_workers_is_refused_with_the_range(workers: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_serve_config({"envelope": "e", "attestation": "unsafe-none", "workers": workers}, {})
+    assert str(caught.value) == (
+        f"--workers (or NOFLYLIST_WORKERS) must be a whole number from {config.MIN_WORKERS} to "
+        f"{config.MAX_WORKERS}"
+    )
+    assert (config.MIN_WORKERS, config.MAX_WORKERS) == (1, 256)
+
+
+def test_the_server_and_the_configuration_have_one_set_of_defaults() -> None:
+    from noflylist.transport.server import Server
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(Server).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    built = build_serve_config({"envelope": "e", "attestation": "unsafe-none"}, {})
+    assert defaults["workers"] == built.workers == config.DEFAULT_WORKERS
+    assert defaults["port"] == built.port == config.DEFAULT_PORT
+    assert defaults["host"] == built.host == config.DEFAULT_HOST
+    assert defaults["log_format"] == built.log_format == config.LOG_FORMATS[0]
