@@ -74,7 +74,6 @@ _LABELS = {
 #: The protected header of every Nitro document: ``{1: -35}``, algorithm ES384 (RFC 9053).
 _PROTECTED = cbor.encode({cose.HEADER_ALG: cose.ALG_ES384})
 #: Bytes of each of r and s in an ES384 signature (RFC 9053 section 2.1).
-_SCALAR_BYTES = 48
 _WARNING = (
     "SIMULATED NSM: attestation documents prove nothing; they are signed by a throwaway "
     "development CA. Never use --attestation simulated in production."
@@ -206,4 +205,5 @@ def _registers(pcr0: bytes, *, debug: bool) -> list[bytes]:
 def _sign_es384(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     """ECDSA P-384/SHA-384 as COSE wants it: ``r || s``, each 48 bytes (RFC 9053 §2.1)."""
     r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA384())))
-    return r.to_bytes(_SCALAR_BYTES, "big") + s.to_bytes(_SCALAR_BYTES, "big")
+    size = cose.P384_SCALAR_BYTES
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")

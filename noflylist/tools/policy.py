@@ -64,8 +64,10 @@ from collections.abc import Mapping, Sequence
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import MAX_PCRS
 
 __all__ = [
+    "MAX_POLICY_BYTES",
     "SHA384_HEX_CHARS",
     "PolicyError",
     "key_policy",
@@ -75,8 +77,8 @@ __all__ = [
 
 #: Nitro PCRs are SHA-384 digests: 48 bytes, 96 hexadecimal characters.
 SHA384_HEX_CHARS = 96
-#: Indices accepted for ``kms:RecipientAttestation:PCR<n>``: the NSM's bank holds 32 registers.
-MAX_PCR_INDEX = 31
+#: Indices accepted for ``kms:RecipientAttestation:PCR<n>``: those of the NSM's PCR bank.
+MAX_PCR_INDEX = MAX_PCRS - 1
 #: PCR0 is the enclave image: the policy is meaningless without it.
 IMAGE_PCR = 0
 #: KMS refuses key policies larger than 32 KiB (AWS KMS quotas, "Key policy document size").
