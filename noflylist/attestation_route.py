@@ -38,7 +38,7 @@ from noflylist.wire import (
     encode_user_data,
 )
 
-__all__ = ["AttestationEndpointError", "AttestationRoute"]
+__all__ = ["AttestationRoute", "AttestationRouteError"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 _ERROR_TYPE = "text/plain; charset=utf-8"
 
 
-class AttestationEndpointError(EnclaveError):
+class AttestationRouteError(EnclaveError):
     """The route was set up wrongly, or a request's nonce is refused."""
 
 
@@ -57,7 +57,7 @@ class AttestationRoute:
 
     def __init__(self, module: SecureModule, holder: ListHolder, *, mode: AttestationMode) -> None:
         if mode not in ATTESTING_MODES:
-            raise AttestationEndpointError(
+            raise AttestationRouteError(
                 f"the attestation route needs an NSM; mode '{mode}' has none "
                 f"(use one of {', '.join(ATTESTING_MODES)})"
             )
@@ -71,7 +71,7 @@ class AttestationRoute:
         mode_header = {MODE_HEADER: str(self._mode)}
         try:
             nonce = _nonce(query)
-        except AttestationEndpointError as exc:
+        except AttestationRouteError as exc:
             return RouteResponse(400, _ERROR_TYPE, f"{exc}\n".encode(), mode_header)
         current = self._holder.current  # one read: the list may be swapped concurrently
         served = ServedList(
@@ -93,17 +93,17 @@ class AttestationRoute:
 def _nonce(query: Mapping[str, list[str]]) -> bytes:
     """Exactly one ``nonce`` of 8 to 64 bytes in hex, and no other parameter (never echoed)."""
     if set(query) - {"nonce"}:
-        raise AttestationEndpointError("only the query parameter nonce is accepted")
+        raise AttestationRouteError("only the query parameter nonce is accepted")
     values = query.get("nonce", [])
     if len(values) != 1:
-        raise AttestationEndpointError(
+        raise AttestationRouteError(
             "give exactly one nonce: ?nonce=<16 to 128 hex characters> (8 to 64 random bytes)"
         )
     text = values[0]
     if not _HEX.fullmatch(text) or len(text) % 2:
-        raise AttestationEndpointError("the nonce must be an even number of hex characters")
+        raise AttestationRouteError("the nonce must be an even number of hex characters")
     if not MIN_NONCE_BYTES <= len(text) // 2 <= MAX_NONCE_BYTES:
-        raise AttestationEndpointError(
+        raise AttestationRouteError(
             f"the nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes "
             f"({2 * MIN_NONCE_BYTES} to {2 * MAX_NONCE_BYTES} hex characters)"
         )

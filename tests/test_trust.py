@@ -25,7 +25,7 @@ import pytest
 from enclave.modes import AttestationMode
 from enclave.nsm import NSMError
 from noflylist import __version__, cli
-from noflylist.attestation_route import AttestationEndpointError, AttestationRoute
+from noflylist.attestation_route import AttestationRoute, AttestationRouteError
 from noflylist.client.attestation import verify
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
@@ -373,7 +373,7 @@ def test_route_answers_503_with_the_reason_when_the_nsm_fails(holder):
 
 
 def test_route_needs_a_mode_with_an_nsm(simulator, holder):
-    with pytest.raises(AttestationEndpointError, match="unsafe-none"):
+    with pytest.raises(AttestationRouteError, match="unsafe-none"):
         AttestationRoute(simulator[1], holder[0], mode=AttestationMode.UNSAFE_NONE)
 
 
