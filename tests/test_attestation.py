@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -799,3 +801,18 @@ def test_payloads_with_random_field_values_raise_only_attestation_error(
         return  # hypothesis rewrote fields to their own values: the document is genuine
     with pytest.raises(AttestationError):
         verify(_with_payload(name, payload), now=_time(name))
+
+
+def test_the_verifier_reads_the_nsm_limits_without_importing_the_device_driver() -> None:
+    """A client's machine (perhaps without ``fcntl``) verifies documents: the verifier takes
+    the NSM's documented limits from :mod:`enclave.nsm_limits`, not from :mod:`enclave.nsm`."""
+    code = (
+        "import sys, noflylist.client.attestation\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('enclave', 'fcntl', "
+        "'ctypes')))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert "enclave.nsm_limits" in loaded  # the positive control
+    assert not {"enclave.nsm", "fcntl", "ctypes"} & set(loaded), loaded
