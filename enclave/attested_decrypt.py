@@ -14,8 +14,8 @@ The flow (AWS KMS Developer Guide, "How AWS Nitro Enclaves uses AWS KMS"):
 A fresh key per call means no long-lived private key exists to steal, and no answer
 recorded earlier can be replayed into a later process.
 
-How a process attests is chosen once, at start-up, and logged (:func:`open_module`,
-:func:`make_decryptor`):
+How a process attests (:class:`enclave.modes.AttestationMode`) is chosen once, at start-up,
+and logged (:func:`open_module`, :func:`make_decryptor`):
 ``nsm`` (the production path), ``simulated`` (a local simulator's NSM; development and
 tests only) and ``unsafe-none`` (no attestation at all; for development against a real
 KMS from a laptop). There is no silent fallback from one to another.
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from enclave import cms
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient, KMSError, Recipient
+from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,11 @@ log = logging.getLogger(__name__)
 #: generation near 50 ms and suffices for a key that lives for one call.
 RSA_KEY_BITS = 2048
 
-#: The attestation modes, as named on the command line.
-MODES = ("nsm", "simulated", "unsafe-none")
-
 
 class Decryptor(Protocol):
     """Turns a KMS ciphertext blob into the data key, however this process attests."""
 
-    mode: str
+    mode: AttestationMode
 
     def decrypt(
         self,
@@ -66,7 +64,9 @@ class AttestedDecryptor:
     mode. Nothing here knows which one it has.
     """
 
-    def __init__(self, kms: KMSClient, module: SecureModule, *, mode: str = "nsm") -> None:
+    def __init__(
+        self, kms: KMSClient, module: SecureModule, *, mode: AttestationMode = AttestationMode.NSM
+    ) -> None:
         self._kms = kms
         self._module = module
         self.mode = mode
@@ -102,7 +102,7 @@ class UnsafeUnattestedDecryptor:
     use logs a warning, because a service running like this protects nothing.
     """
 
-    mode = "unsafe-none"
+    mode = AttestationMode.UNSAFE_NONE
 
     def __init__(self, kms: KMSClient) -> None:
         self._kms = kms
@@ -130,18 +130,20 @@ class AttestationModeError(EnclaveError):
     """The requested attestation mode cannot be used here; the message says what to do."""
 
 
-def open_module(mode: str, *, simulated_module: SecureModule | None = None) -> SecureModule | None:
+def open_module(
+    mode: AttestationMode, *, simulated_module: SecureModule | None = None
+) -> SecureModule | None:
     """The secure module for ``mode``: the NSM device, the simulator's, or none.
 
     ``nsm`` opens ``/dev/nsm`` now, so a missing device fails at start-up with the reason
     rather than at the first key fetch. ``simulated`` needs the simulator's NSM passed in
     (the simulator is not part of the enclave image, so this module never imports it).
     """
-    if mode == "nsm":
+    if mode == AttestationMode.NSM:
         from enclave.nsm import NitroSecureModule
 
         return NitroSecureModule()
-    if mode == "simulated":
+    if mode == AttestationMode.SIMULATED:
         if simulated_module is None:
             raise AttestationModeError(
                 "--attestation simulated needs the local enclave simulator's NSM, which "
@@ -150,28 +152,28 @@ def open_module(mode: str, *, simulated_module: SecureModule | None = None) -> S
                 "`noflylist demo`"
             )
         return simulated_module
-    if mode == "unsafe-none":
+    if mode == AttestationMode.UNSAFE_NONE:
         return None
     raise AttestationModeError(
-        f"unknown attestation mode {mode!r}; choose one of: {', '.join(MODES)}"
+        f"unknown attestation mode {mode!r}; choose one of: {', '.join(AttestationMode)}"
     )
 
 
-def make_decryptor(mode: str, kms: KMSClient, module: SecureModule | None) -> Decryptor:
+def make_decryptor(mode: AttestationMode, kms: KMSClient, module: SecureModule | None) -> Decryptor:
     """The decryptor for ``mode`` and the module :func:`open_module` gave; logged once."""
-    if mode == "nsm" and module is not None:
+    if mode == AttestationMode.NSM and module is not None:
         log.info("attestation: nsm (/dev/nsm); KMS releases keys only to this enclave")
-        return AttestedDecryptor(kms, module, mode="nsm")
-    if mode == "simulated" and module is not None:
+        return AttestedDecryptor(kms, module, mode=AttestationMode.NSM)
+    if mode == AttestationMode.SIMULATED and module is not None:
         log.warning(
             "SIMULATED attestation: documents come from a local simulator and prove nothing; "
             "for development and tests only"
         )
-        return AttestedDecryptor(kms, module, mode="simulated")
-    if mode == "unsafe-none":
+        return AttestedDecryptor(kms, module, mode=AttestationMode.SIMULATED)
+    if mode == AttestationMode.UNSAFE_NONE:
         log.warning(
             "UNSAFE: attestation disabled (--attestation unsafe-none); the data key will "
             "reach this process in clear. Never run this in production."
         )
         return UnsafeUnattestedDecryptor(kms)
-    raise AttestationModeError(f"attestation mode {mode!r} needs a secure module")
+    raise AttestationModeError(f"attestation mode '{mode}' needs a secure module")

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from enclave import imds, sigv4
 from enclave.errors import EnclaveError
+from enclave.http_syntax import VISIBLE_ASCII
 
 # Defined and used in enclave.imds; importable from here as before.
 from enclave.imds import DEFAULT_IMDS_ENDPOINT as DEFAULT_IMDS_ENDPOINT
@@ -68,8 +69,6 @@ IMDS_RETRY_PAUSE = 0.2
 
 # Region names such as eu-west-1, us-gov-west-1, us-isob-east-1; they become host names.
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
-# Keys, secrets and tokens end up in HTTP headers: visible ASCII only, no spaces or CR/LF.
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
 class CredentialsError(EnclaveError):
@@ -263,7 +262,7 @@ def _from_environment(env: Mapping[str, str]) -> sigv4.Credentials | None:
         ("AWS_SECRET_ACCESS_KEY", secret),
         ("AWS_SESSION_TOKEN", token),
     ):
-        if value and not _HEADER_SAFE.fullmatch(value):
+        if value and not VISIBLE_ASCII.fullmatch(value):
             raise CredentialsError(
                 f"{name} contains spaces, line breaks or non-ASCII characters; "
                 "copy the value again without surrounding whitespace"

@@ -38,6 +38,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError
+from enclave.http_syntax import DEFAULT_PORTS, TOKEN
 from enclave.proxy import Proxy, ProxyError, bracket_ipv6, parse_proxy, proxy_setting
 
 __all__ = [
@@ -61,11 +62,8 @@ _MAX_PROXY_HEADERS = 64  # most header lines accepted in a proxy's answer to CON
 _MAX_REASON_CHARS = 80  # a proxy's reason phrase is quoted in errors, cut to this length
 _RETRY_HINT = "retry later"  # the fix an error names when its cause suggests none better
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # Headers this module writes itself; a caller setting them could desynchronise the framing.
 _RESERVED_HEADERS = frozenset({"connection", "proxy-authorization", "transfer-encoding"})
-# RFC 9110 §5.6.2: method and header names are tokens.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: (.*))?")
 
 
@@ -113,7 +111,7 @@ class _Target:
     @property
     def host_header(self) -> str:
         """The ``Host`` header value: the port is left out when it is the scheme's default."""
-        if self.port == _DEFAULT_PORTS[self.scheme]:
+        if self.port == DEFAULT_PORTS[self.scheme]:
             return bracket_ipv6(self.host)
         return self.authority
 
@@ -235,7 +233,7 @@ def _parse_url(url: str) -> _Target:
     except ValueError as exc:
         raise TransportError(f"URL cannot be parsed ({exc}); check it", transient=False) from None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise TransportError(
             f"unsupported URL scheme {scheme!r}: only http:// and https:// URLs can be requested",
             transient=False,
@@ -248,20 +246,20 @@ def _parse_url(url: str) -> _Target:
         raise TransportError("URL has no host or port 0; give scheme://host[:port]/path",
                              transient=False)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Target(scheme, parts.hostname, port or _DEFAULT_PORTS[scheme], path)
+    return _Target(scheme, parts.hostname, port or DEFAULT_PORTS[scheme], path)
 
 
 def _request_headers(
     method: str, target: _Target, headers: Mapping[str, str], body: bytes
 ) -> dict[str, str]:
     """The caller's headers, checked, plus ``Host`` (unless given) and ``Connection: close``."""
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise TransportError("HTTP method is not a token (RFC 9110 §9.1)", transient=False)
     seen: set[str] = set()
     for name, value in headers.items():
         lower = name.lower()
         # Values may be secrets (Authorization, session tokens): errors show the name only.
-        if not _TOKEN.fullmatch(name) or lower in seen:
+        if not TOKEN.fullmatch(name) or lower in seen:
             raise TransportError(f"header name {name!r} is not a token or is repeated",
                                  transient=False)
         if not value.isascii() or any(ch in value for ch in "\r\n\0"):

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from enclave import http_client, sigv4, strict_json
 from enclave.errors import EnclaveError
+from enclave.http_syntax import VISIBLE_ASCII
 
 __all__ = [
     "DEFAULT_IMDS_ENDPOINT",
@@ -54,8 +55,6 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # IAM role names: letters, digits and +=,.@_- up to 64 characters (IAM quotas page).
 _ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
-# Keys, secrets and tokens end up in HTTP headers: visible ASCII only, no spaces or CR/LF.
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _EXPIRATION_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 _HOP_LIMIT_FIX = (
@@ -163,7 +162,7 @@ class ImdsClient:
                 f"{ENDPOINT_VARIABLE} points at EC2's metadata service, and try again later"
             )
         token = response.body.decode("ascii", "replace")
-        if not _HEADER_SAFE.fullmatch(token):
+        if not VISIBLE_ASCII.fullmatch(token):
             raise ImdsError(
                 f"IMDS at {self.endpoint} returned an empty or malformed session token; check "
                 f"that {ENDPOINT_VARIABLE} points at the instance metadata service"
@@ -287,7 +286,7 @@ def _parse_credentials_document(body: bytes, role: str) -> sigv4.Credentials:
     fields: dict[str, str] = {}
     for name in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration"):
         value = document.get(name)
-        if not isinstance(value, str) or not _HEADER_SAFE.fullmatch(value):
+        if not isinstance(value, str) or not VISIBLE_ASCII.fullmatch(value):
             raise ImdsError(
                 f"IMDS credentials for role {role} lack a usable {name} field (missing, "
                 "empty or not printable ASCII); try again, and report it if it persists"

@@ -30,6 +30,12 @@ from typing import Protocol
 
 from enclave import cbor
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import (
+    MAX_NONCE_BYTES,
+    MAX_PUBLIC_KEY_BYTES,
+    MAX_USER_DATA_BYTES,
+    PCR_BYTES,
+)
 
 #: Where the Linux nsm driver puts the device node inside an enclave.
 NSM_DEVICE_PATH = "/dev/nsm"
@@ -40,16 +46,8 @@ NSM_IOCTL_REQUEST = 0xC0200A00
 MAX_REQUEST_BYTES = 0x1000
 #: ``NSM_RESPONSE_MAX_SIZE`` in the uapi header: the device never answers more than this.
 RESPONSE_BUFFER_BYTES = 0x3000
-#: The NSM refuses larger values (AWS Nitro Enclaves User Guide, attestation document).
-MAX_PUBLIC_KEY_BYTES = 1024
-#: As above, for ``user_data``.
-MAX_USER_DATA_BYTES = 512
-#: As above, for ``nonce``.
-MAX_NONCE_BYTES = 512
 #: PCR indexes are ``u16`` in the NSM API; the device itself answers InvalidIndex past its bank.
 MAX_PCR_INDEX = 0xFFFF
-#: Nitro's PCR bank is SHA-384 (DescribeNSM reports digest "SHA384").
-PCR_BYTES = 48
 #: Fewer random bytes than this could not seed even one 256-bit key: treat it as a fault.
 MIN_RANDOM_BYTES = 32
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError
+from enclave.http_syntax import DEFAULT_PORTS, TOKEN, VISIBLE_ASCII
 
 __all__ = ["Credentials", "SigV4Error", "sign"]
 
@@ -66,18 +67,15 @@ _UNSIGNED_HEADERS = frozenset(
         "x-amzn-trace-id",
     }
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 #: RFC 3986 section 2.3 unreserved characters: the only bytes UriEncode leaves as they are.
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2 field name
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, space and tab; no CR, LF, NUL
 _SPACE_RUN = re.compile(r"[ \t]+")
 _METHOD = re.compile(r"[A-Z]+")
 _SCOPE_PART = re.compile(r"[a-z0-9-]+")
 _ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9]+")
-_SESSION_TOKEN = re.compile(r"[\x21-\x7e]+")
 _HOSTNAME = re.compile(r"[a-z0-9._-]+")
 _IPV6 = re.compile(r"[0-9a-f:.]+")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # controls and lone surrogates
@@ -223,7 +221,7 @@ def _check_credentials(credentials: Credentials, now: datetime) -> None:
     if not secret or not secret.isprintable():
         raise SigV4Error("secret access key is empty or not printable text; check its source")
     token = credentials.session_token
-    if token is not None and not _SESSION_TOKEN.fullmatch(token):
+    if token is not None and not VISIBLE_ASCII.fullmatch(token):
         raise SigV4Error("session token must be non-empty visible ASCII; pass None for none")
     expiration = credentials.expiration
     if expiration is not None:
@@ -244,7 +242,7 @@ def _split_url(url: str) -> tuple[str, str, str]:
     if not isinstance(url, str) or _URL_FORBIDDEN.search(url) or url != url.strip():
         raise SigV4Error("URL has control characters or surrounding spaces; pass the exact URL")
     parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS:
+    if parts.scheme not in DEFAULT_PORTS:
         raise SigV4Error("URL scheme must be https (or http for a local test endpoint)")
     if "#" in url:
         raise SigV4Error("URL has a fragment ('#...'), which is never sent; remove it")
@@ -259,7 +257,7 @@ def _split_url(url: str) -> tuple[str, str, str]:
     except ValueError:
         raise SigV4Error("URL port is not a number between 0 and 65535") from None
     host = f"[{hostname}]" if ipv6 else hostname
-    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+    if port is not None and port != DEFAULT_PORTS[parts.scheme]:
         host = f"{host}:{port}"
     return host, parts.path, parts.query
 
@@ -349,7 +347,7 @@ def _headers_to_sign(
     out: dict[str, str] = {"host": host}
     seen: set[str] = set()
     for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
             raise SigV4Error("a header name is not an HTTP token (letters, digits, '-', ...)")
         lower = name.lower()
         if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist import __version__
 from noflylist.lists import ListHolder
@@ -37,28 +38,28 @@ from noflylist.wire import (
     encode_user_data,
 )
 
-__all__ = ["AttestationEndpointError", "AttestationRoute"]
+__all__ = ["AttestationRoute", "AttestationRouteError"]
 
 _log = logging.getLogger(__name__)
 
 #: The attestation modes that have an NSM to ask (``unsafe-none`` has none: no route).
-MODES = frozenset({"nsm", "simulated"})
+ATTESTING_MODES = (AttestationMode.NSM, AttestationMode.SIMULATED)
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _ERROR_TYPE = "text/plain; charset=utf-8"
 
 
-class AttestationEndpointError(EnclaveError):
+class AttestationRouteError(EnclaveError):
     """The route was set up wrongly, or a request's nonce is refused."""
 
 
 class AttestationRoute:
     """The route handler: one fresh NSM document per request, bound to the list in service."""
 
-    def __init__(self, module: SecureModule, holder: ListHolder, *, mode: str) -> None:
-        if mode not in MODES:
-            raise AttestationEndpointError(
-                f"the attestation route needs an NSM; mode {mode!r} has none "
-                f"(use one of {', '.join(sorted(MODES))})"
+    def __init__(self, module: SecureModule, holder: ListHolder, *, mode: AttestationMode) -> None:
+        if mode not in ATTESTING_MODES:
+            raise AttestationRouteError(
+                f"the attestation route needs an NSM; mode '{mode}' has none "
+                f"(use one of {', '.join(ATTESTING_MODES)})"
             )
         self._module = module
         self._holder = holder
@@ -67,10 +68,10 @@ class AttestationRoute:
     def __call__(self, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> RouteResponse:
         """A :data:`noflylist.transport.server.RouteHandler`: 200 with the document, 400 for a bad
         nonce, 503 if the NSM fails. ``headers`` has lower-case names, as the server gives."""
-        mode_header = {MODE_HEADER: self._mode}
+        mode_header = {MODE_HEADER: str(self._mode)}
         try:
             nonce = _nonce(query)
-        except AttestationEndpointError as exc:
+        except AttestationRouteError as exc:
             return RouteResponse(400, _ERROR_TYPE, f"{exc}\n".encode(), mode_header)
         current = self._holder.current  # one read: the list may be swapped concurrently
         served = ServedList(
@@ -92,17 +93,17 @@ class AttestationRoute:
 def _nonce(query: Mapping[str, list[str]]) -> bytes:
     """Exactly one ``nonce`` of 8 to 64 bytes in hex, and no other parameter (never echoed)."""
     if set(query) - {"nonce"}:
-        raise AttestationEndpointError("only the query parameter nonce is accepted")
+        raise AttestationRouteError("only the query parameter nonce is accepted")
     values = query.get("nonce", [])
     if len(values) != 1:
-        raise AttestationEndpointError(
+        raise AttestationRouteError(
             "give exactly one nonce: ?nonce=<16 to 128 hex characters> (8 to 64 random bytes)"
         )
     text = values[0]
     if not _HEX.fullmatch(text) or len(text) % 2:
-        raise AttestationEndpointError("the nonce must be an even number of hex characters")
+        raise AttestationRouteError("the nonce must be an even number of hex characters")
     if not MIN_NONCE_BYTES <= len(text) // 2 <= MAX_NONCE_BYTES:
-        raise AttestationEndpointError(
+        raise AttestationRouteError(
             f"the nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes "
             f"({2 * MIN_NONCE_BYTES} to {2 * MAX_NONCE_BYTES} hex characters)"
         )

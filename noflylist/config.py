@@ -10,16 +10,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave.attested_decrypt import MODES
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
+from enclave.nsm import NSM_DEVICE_PATH
 
-#: Where the NSM device appears inside a Nitro Enclave.
-NSM_DEVICE = "/dev/nsm"
+#: Where the NSM device appears inside a Nitro Enclave; its presence makes ``nsm`` the default.
+NSM_DEVICE = NSM_DEVICE_PATH
+#: Loopback only: in an enclave, Enclaver's ingress forwards connections to it.
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 #: How often a remote envelope (s3://, https://) is polled; a conditional request is cheap.
 DEFAULT_REFRESH_INTERVAL = 300.0
-#: Worker threads that answer complete requests; connections wait in one selector thread.
+#: A week: a longer pause between polls is surely a typo (0 turns polling off).
+MAX_REFRESH_INTERVAL = 7 * 24 * 3600.0
+#: Worker threads for the routes that may take a while or wait (a manifest, /metrics and its
+#: gauges, extra routes such as one calling /dev/nsm); single-name screening and the health
+#: pages are answered on the connection loop. Under the GIL more threads add no speed.
+#: :class:`noflylist.transport.server.Server` takes the same bounds.
 DEFAULT_WORKERS = 8
+#: Fewest and most worker threads: at least one must exist to answer those routes, and each
+#: thread costs a stack; far more than the CPUs only queue on the GIL.
+MIN_WORKERS = 1
+MAX_WORKERS = 256
 LOG_FORMATS = ("text", "json")
 
 
@@ -40,12 +52,13 @@ OPTIONS = {
     "envelope": Option(
         "--envelope", "NOFLYLIST_ENVELOPE", "envelope: a path, s3://BUCKET/KEY or https://URL"
     ),
-    "host": Option("--host", "NOFLYLIST_HOST", "address to listen on (default 127.0.0.1)"),
+    "host": Option("--host", "NOFLYLIST_HOST", f"address to listen on (default {DEFAULT_HOST})"),
     "port": Option("--port", "NOFLYLIST_PORT", f"port to listen on (default {DEFAULT_PORT})"),
     "attestation": Option(
         "--attestation",
         "NOFLYLIST_ATTESTATION",
-        "how KMS calls are attested: nsm (default when /dev/nsm exists), simulated, unsafe-none",
+        f"how KMS calls are attested: {AttestationMode.NSM} (default when {NSM_DEVICE} exists), "
+        f"{AttestationMode.SIMULATED}, {AttestationMode.UNSAFE_NONE}",
     ),
     "refresh_interval": Option(
         "--refresh-interval",
@@ -73,12 +86,12 @@ class ServeConfig:
     """Everything ``noflylist serve`` needs, validated."""
 
     envelope: str
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    attestation: str = "nsm"
+    attestation: AttestationMode = AttestationMode.NSM
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL
     key_id: str | None = None
-    log_format: str = "text"
+    log_format: str = LOG_FORMATS[0]
     workers: int = DEFAULT_WORKERS
     simulator_state: str | None = None
 
@@ -98,33 +111,42 @@ def build_serve_config(
     envelope = value("envelope")
     if not envelope:
         raise ConfigError(_named("envelope", "is required: where is the encrypted list?"))
-    attestation = value("attestation") or ("nsm" if os.path.exists(NSM_DEVICE) else None)
-    if attestation is None:
-        raise ConfigError(
-            f"{NSM_DEVICE} does not exist, so this is not a Nitro Enclave; choose "
-            "--attestation simulated (local simulator) or --attestation unsafe-none "
-            "(development against a real KMS, no protection) explicitly "
-            f"(or set {OPTIONS['attestation'].variable})"
-        )
-    if attestation not in MODES:
-        raise ConfigError(_named("attestation", f"must be one of {', '.join(MODES)}"))
-    log_format = value("log_format") or "text"
+    attestation = _attestation(value("attestation") or None)
+    log_format = value("log_format") or LOG_FORMATS[0]
     if log_format not in LOG_FORMATS:
-        raise ConfigError(_named("log_format", "must be text or json"))
+        raise ConfigError(_named("log_format", f"must be {' or '.join(LOG_FORMATS)}"))
     simulator_state = value("simulator_state")
-    if attestation == "simulated" and not simulator_state:
+    if attestation == AttestationMode.SIMULATED and not simulator_state:
         raise ConfigError(_named("simulator_state", "is required with --attestation simulated"))
     return ServeConfig(
         envelope=envelope,
-        host=value("host") or "127.0.0.1",
+        host=value("host") or DEFAULT_HOST,
         port=_integer(value("port"), "port", DEFAULT_PORT, 1, 65535),
         attestation=attestation,
         refresh_interval=_seconds(value("refresh_interval"), "refresh_interval"),
         key_id=value("key_id"),
         log_format=log_format,
-        workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, 1, 256),
+        workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, MIN_WORKERS, MAX_WORKERS),
         simulator_state=simulator_state,
     )
+
+
+def _attestation(text: str | None) -> AttestationMode:
+    """The mode named, or ``nsm`` where ``/dev/nsm`` exists; never a silent fallback."""
+    if text is None:
+        if os.path.exists(NSM_DEVICE):
+            return AttestationMode.NSM
+        raise ConfigError(
+            f"{NSM_DEVICE} does not exist, so this is not a Nitro Enclave; choose "
+            f"--attestation {AttestationMode.SIMULATED} (local simulator) or --attestation "
+            f"{AttestationMode.UNSAFE_NONE} (development against a real KMS, no protection) "
+            f"explicitly (or set {OPTIONS['attestation'].variable})"
+        )
+    try:
+        return AttestationMode(text)
+    except ValueError:
+        valid = ", ".join(AttestationMode)
+        raise ConfigError(_named("attestation", f"must be one of {valid}")) from None
 
 
 def _named(name: str, problem: str) -> str:
@@ -151,6 +173,8 @@ def _seconds(text: str | None, name: str) -> float:
         seconds = float(text)
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 7 * 24 * 3600:
-        raise ConfigError(_named(name, "must be a number of seconds from 0 to 604800"))
+    if not 0 <= seconds <= MAX_REFRESH_INTERVAL:
+        raise ConfigError(
+            _named(name, f"must be a number of seconds from 0 to {MAX_REFRESH_INTERVAL:.0f}")
+        )
     return seconds

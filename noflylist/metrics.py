@@ -28,7 +28,8 @@ class Metrics:
 
     ``gauges`` maps a metric name to ``(help text, function returning the value)``: the
     list holder registers the list's and the load state's there (listed in
-    :mod:`noflylist.lists`), the app the KMS call counters, the server open connections.
+    :mod:`noflylist.lists`), the service (:mod:`noflylist.service`) the KMS call counters, the
+    server open connections.
     """
 
     def __init__(self) -> None:

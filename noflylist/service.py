@@ -38,6 +38,7 @@ from enclave.attested_decrypt import Decryptor, make_decryptor, open_module
 from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient, key_region
+from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist.attestation_route import AttestationRoute
 from noflylist.config import ServeConfig
@@ -207,7 +208,7 @@ class Service:
 
 
 def _attestation_routes(
-    module: SecureModule | None, holder: ListHolder, mode: str
+    module: SecureModule | None, holder: ListHolder, mode: AttestationMode
 ) -> dict[str, RouteHandler]:
     """``GET /enclave/attestation`` where there is a module to attest with."""
     if module is None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from noflylist import cli
 from noflylist.config import OPTIONS, build_serve_config
 from noflylist_simulator.ca import load_or_create
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = build_serve_config({name: getattr(args, name) for name in OPTIONS})
-        if config.attestation != "simulated" or config.simulator_state is None:
+        if config.attestation != AttestationMode.SIMULATED or config.simulator_state is None:
             raise EnclaveError(
                 "this entry point runs the simulator's NSM: pass --attestation simulated "
                 "--simulator-state DIR (for the real NSM, run `noflylist serve`)"

@@ -14,7 +14,6 @@ simply made again; the root is never replaced behind the user's back.
 
 from __future__ import annotations
 
-import stat
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave.errors import EnclaveError
-from noflylist_simulator.files import write_atomically
+from noflylist_simulator.files import (
+    PRIVATE_FILE_MODE,
+    PRIVATE_FOLDER_MODE,
+    shared_mode,
+    write_atomically,
+)
 
 #: Long enough to outlive any demo; to start over, delete the state folder.
 ROOT_LIFETIME = timedelta(days=3650)
@@ -41,10 +45,6 @@ LEAF_LIFETIME = timedelta(hours=3)
 LEAF_RENEW_BEFORE = timedelta(minutes=30)
 #: Certificates start this far in the past so a verifier whose clock lags a little accepts them.
 CLOCK_SKEW = timedelta(minutes=5)
-#: Only the owner may read or write the private keys.
-KEY_FILE_MODE = 0o600
-#: The state folder itself is private to its owner.
-FOLDER_MODE = 0o700
 
 _ORGANIZATION = "noflylist SIMULATED NSM (not AWS; proves nothing)"
 
@@ -110,7 +110,7 @@ class SimulatedCA:
 def load_or_create(folder: Path, *, now: datetime | None = None) -> SimulatedCA:
     """Load the chain kept in ``folder``, creating the folder and any missing part."""
     now = _utc(now)
-    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
     root = _load_pair(folder, "root", required_together=True)
     if root is None:
         root = _issue(_root_name(), None, now, ROOT_LIFETIME, ca=True)
@@ -239,8 +239,8 @@ def _load_pair(folder: Path, name: str, *, required_together: bool) -> _Pair | N
                 "both exist): restore the missing file or delete the folder to start over"
             )
         return None
-    mode = stat.S_IMODE(key_path.stat().st_mode)
-    if mode & 0o077:
+    mode = shared_mode(key_path)
+    if mode is not None:
         raise SimulatedCAError(
             f"{key_path} may be read by others (mode {mode:o}): run chmod 600 on it"
         )
@@ -267,7 +267,7 @@ def _save_pair(folder: Path, name: str, pair: _Pair) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),  # a throwaway development key, kept in a 0600 file
     )
-    write_atomically(folder / f"{name}.key.pem", key_pem, KEY_FILE_MODE)
+    write_atomically(folder / f"{name}.key.pem", key_pem, PRIVATE_FILE_MODE)
     cert_pem = pair.certificate.public_bytes(serialization.Encoding.PEM)
     write_atomically(folder / f"{name}.pem", cert_pem, 0o644)
 

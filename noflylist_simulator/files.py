@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["PRIVATE_FILE_MODE", "PRIVATE_FOLDER_MODE", "shared_mode", "write_atomically"]
+
+#: Only the owner may read or write the simulator's keys and state.
+PRIVATE_FILE_MODE = 0o600
+#: The folders that hold them are private to their owner too.
+PRIVATE_FOLDER_MODE = 0o700
+#: Permission bits that let the group or others in.
+_SHARED_BITS = 0o077
+
+
+def shared_mode(path: Path) -> int | None:
+    """``path``'s permission bits if its group or others may use it, else ``None``."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    return mode if mode & _SHARED_BITS else None
 
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:

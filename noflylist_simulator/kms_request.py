@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from enclave.kms import RECIPIENT_ALGORITHM
 from noflylist.client import attestation
+from noflylist.tools.policy import MAX_POLICY_BYTES
 from noflylist_simulator.kms_errors import fault
 
 __all__ = [
@@ -41,8 +42,8 @@ MAX_RANDOM_BYTES = 1024
 MAX_DOCUMENT_BYTES = 262144
 #: Bound on the encryption context: all keys and values together, in UTF-8.
 MAX_CONTEXT_BYTES = 8192
-#: Longest string field accepted (a key policy is at most 32 KiB).
-MAX_TEXT_CHARS = 32 * 1024
+#: Longest string field accepted: a key policy, the longest, is at most this.
+MAX_TEXT_CHARS = MAX_POLICY_BYTES
 #: KMS requires RSA keys of at least this size for a Recipient.
 MIN_RECIPIENT_RSA_BITS = 2048
 
@@ -121,7 +122,7 @@ def recipient_field(request: Mapping[str, Any], root: x509.Certificate) -> Recip
         raise fault("ValidationException", "KeyEncryptionAlgorithm must be RSAES_OAEP_SHA_256.")
     document = blob_field(recipient, "AttestationDocument", MAX_DOCUMENT_BYTES)
     try:
-        verified = attestation.verify(document, root=root, allow_debug=True)
+        verified = attestation.verify(document, unsafe_root=root, unsafe_allow_debug=True)
     except attestation.AttestationError as exc:
         raise fault("ValidationException", f"Invalid attestation document: {exc}") from None
     if verified.public_key is None:

@@ -9,21 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import stat
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from noflylist_simulator.files import write_atomically
+from noflylist_simulator.files import (
+    PRIVATE_FILE_MODE,
+    PRIVATE_FOLDER_MODE,
+    shared_mode,
+    write_atomically,
+)
 from noflylist_simulator.kms_errors import LocalKMSError
 
 __all__ = ["STATE_FILE", "STATE_FILE_MODE", "Credential", "Grant", "Key", "State"]
 
 #: The state file (keys, aliases, grants, credentials); only its owner may read it.
 STATE_FILE = "kms-state.json"
-STATE_FILE_MODE = 0o600
-#: The state folder, created if missing: owner only, like the file.
-_FOLDER_MODE = 0o700
+#: Owner only, like the folder it is in (created if missing).
+STATE_FILE_MODE = PRIVATE_FILE_MODE
 _STATE_FORMAT = 1
 
 
@@ -80,13 +83,13 @@ class State:
         self.aliases: dict[str, str] = {}
         self.grants: dict[str, Grant] = {}
         self.credentials: dict[str, Credential] = {}
-        folder.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
-        mode = stat.S_IMODE(self.path.stat().st_mode)
-        if mode & 0o077:
+        mode = shared_mode(self.path)
+        if mode is not None:
             raise LocalKMSError(f"{self.path} may be read by others (mode {mode:o}): chmod 600 it")
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))

@@ -38,13 +38,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from enclave import cbor
 from enclave.nsm import (
     PCR,
-    PCR_BYTES,
     NSMDeviceError,
     NSMError,
     # The device wrapper's own refusals, so the simulator and the device refuse alike.
     _check_attestation_inputs,
     _check_index,
 )
+from enclave.nsm_limits import MAX_PCRS, PCR_BYTES
 from noflylist.client import cose
 from noflylist_simulator.ca import SimulatedCA
 
@@ -59,8 +59,6 @@ _UNMEASURED_PREFIXES = frozenset({("noflylist", "client"), ("noflylist", "tools"
 _PCR0_CONTEXT = b"noflylist simulated PCR0 v1\x00"
 #: Registers a real NSM reports in a document (the bank holds 32; 16 to 31 are user PCRs).
 DOCUMENT_PCRS = 16
-#: Size of the simulated PCR bank, as DescribeNSM reports on Nitro.
-MAX_PCRS = 32
 #: Registers a debug-mode enclave reports as zero.
 DEBUG_ZEROED_PCRS = frozenset({0, 1, 2, 8})
 #: Bytes per GetRandom answer, like the NSM's.
@@ -76,7 +74,6 @@ _LABELS = {
 #: The protected header of every Nitro document: ``{1: -35}``, algorithm ES384 (RFC 9053).
 _PROTECTED = cbor.encode({cose.HEADER_ALG: cose.ALG_ES384})
 #: Bytes of each of r and s in an ES384 signature (RFC 9053 section 2.1).
-_SCALAR_BYTES = 48
 _WARNING = (
     "SIMULATED NSM: attestation documents prove nothing; they are signed by a throwaway "
     "development CA. Never use --attestation simulated in production."
@@ -208,4 +205,5 @@ def _registers(pcr0: bytes, *, debug: bool) -> list[bytes]:
 def _sign_es384(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     """ECDSA P-384/SHA-384 as COSE wants it: ``r || s``, each 48 bytes (RFC 9053 §2.1)."""
     r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA384())))
-    return r.to_bytes(_SCALAR_BYTES, "big") + s.to_bytes(_SCALAR_BYTES, "big")
+    size = cose.P384_SCALAR_BYTES
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")

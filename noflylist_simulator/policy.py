@@ -39,17 +39,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import MAX_PCRS
+from noflylist.tools.policy import MAX_POLICY_BYTES
 
 __all__ = ["Decision", "PolicyError", "Request", "condition_context", "evaluate", "parse"]
 
 _log = logging.getLogger(__name__)
 
-#: KMS's limit on a key policy document (AWS KMS Developer Guide, "Quotas": 32 KB).
-MAX_POLICY_BYTES = 32 * 1024
 #: Statements accepted in one policy; real key policies have a handful.
 MAX_STATEMENTS = 64
-#: The registers an attestation document may carry (the NSM bank holds 32).
-ATTESTATION_PCRS = 32
 
 _EFFECTS = frozenset({"Allow", "Deny"})
 _PCR_KEY = re.compile(r"kms:recipientattestation:pcr(0|[1-9][0-9]?)")
@@ -319,7 +317,7 @@ def _known_key(name: str) -> bool:
     if name.startswith(_CONTEXT_PREFIX):
         return len(name) > len(_CONTEXT_PREFIX)
     match = _PCR_KEY.fullmatch(name)
-    return match is not None and int(match.group(1)) < ATTESTATION_PCRS
+    return match is not None and int(match.group(1)) < MAX_PCRS
 
 
 def _policy_values(expected: object) -> list[str] | None:

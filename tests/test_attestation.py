@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -186,7 +188,7 @@ def test_real_document_verifies_at_its_own_time_with_fields_as_in_expected_json(
         now=_time(name),
         expected_pcrs=_expected_pcrs(name),
         nonce=real_nonce,
-        allow_debug=name == DEBUG,
+        unsafe_allow_debug=name == DEBUG,
     )
     assert result.module_id == entry["module_id"]
     assert result.digest == entry["digest"] == "SHA384"
@@ -214,7 +216,7 @@ def test_real_document_verifies_at_its_own_time_with_fields_as_in_expected_json(
 
 @pytest.mark.parametrize("name", ALL)
 def test_real_document_result_is_read_only(name: str) -> None:
-    result = verify(_document(name), now=_time(name), allow_debug=True)
+    result = verify(_document(name), now=_time(name), unsafe_allow_debug=True)
     with pytest.raises(TypeError):
         result.pcrs[0] = b"\x01" * 48  # type: ignore[index]
     with pytest.raises(AttributeError):
@@ -231,17 +233,17 @@ def test_real_document_is_valid_at_both_ends_of_the_leaf_window_and_not_beyond(
         datetime.fromisoformat(leaf["not_after"]),
     )
     for inside in (start, end):
-        verify(_document(name), now=inside, allow_debug=True)
+        verify(_document(name), now=inside, unsafe_allow_debug=True)
     with pytest.raises(AttestationError, match=r"^step 3 .*not valid before"):
-        verify(_document(name), now=start - timedelta(seconds=1), allow_debug=True)
+        verify(_document(name), now=start - timedelta(seconds=1), unsafe_allow_debug=True)
     with pytest.raises(AttestationError, match=r"^step 3 .*expired at .*fetch a fresh one"):
-        verify(_document(name), now=end + timedelta(seconds=1), allow_debug=True)
+        verify(_document(name), now=end + timedelta(seconds=1), unsafe_allow_debug=True)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_real_document_is_refused_at_todays_clock_as_expired(name: str) -> None:
     with pytest.raises(AttestationError, match=r"^step 3 \(certificate chain\).*expired"):
-        verify(_document(name), allow_debug=True)
+        verify(_document(name), unsafe_allow_debug=True)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -271,7 +273,7 @@ def test_independent_rfc5280_validator_agrees_on_real_chains(name: str) -> None:
         except verification.VerificationError:
             theirs = False
         try:
-            verify(_document(name), now=now, allow_debug=True)
+            verify(_document(name), now=now, unsafe_allow_debug=True)
             ours = True
         except AttestationError:
             ours = False
@@ -284,18 +286,65 @@ def test_debug_document_is_refused_unless_allowed_and_allowing_it_logs_a_warning
     with pytest.raises(AttestationError, match=r"^step 5 .*PCR0 is all zero"):
         verify(_document(DEBUG), now=_time(DEBUG))
     with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
-        result = verify(_document(DEBUG), now=_time(DEBUG), allow_debug=True)
+        result = verify(_document(DEBUG), now=_time(DEBUG), unsafe_allow_debug=True)
     assert "UNSAFE" in caplog.text and "debug-mode" in caplog.text
     # Debug mode zeroes the image measurements but still fills PCR3 and PCR4.
     assert all(not any(result.pcrs[i]) for i in (0, 1, 2, 8))
     assert any(result.pcrs[3]) and any(result.pcrs[4])
 
 
+def _unsafe_warnings(caplog: pytest.LogCaptureFixture, words: str) -> int:
+    return sum(
+        1
+        for record in caplog.records
+        if record.name == "noflylist.client.attestation"
+        and record.levelno == logging.WARNING
+        and "UNSAFE" in record.getMessage()
+        and words in record.getMessage()
+    )
+
+
+@pytest.mark.parametrize("name", PRODUCTION)
+def test_unsafe_allow_debug_warns_on_every_call_even_for_a_production_document(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
+        for _ in range(2):
+            verify(_document(name), now=_time(name), unsafe_allow_debug=True)
+    assert _unsafe_warnings(caplog, "unsafe_allow_debug=True") == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
+        verify(_document(name), now=_time(name))
+    assert caplog.records == []
+
+
+def test_unsafe_allow_debug_warns_even_when_the_document_is_then_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"),
+        pytest.raises(AttestationError, match=r"^step 1"),
+    ):
+        verify(b"not a document", unsafe_allow_debug=True)
+    assert _unsafe_warnings(caplog, "debug-mode") == 1
+
+
+def test_the_weakening_parameters_are_named_unsafe_and_have_no_old_aliases() -> None:
+    document = _document(PRODUCTION[0])
+    with pytest.raises(TypeError, match="allow_debug"):
+        verify(document, now=_time(PRODUCTION[0]), allow_debug=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="root"):
+        verify(document, now=_time(PRODUCTION[0]), root=AWS_ROOT)  # type: ignore[call-arg]
+
+
 def test_debug_document_fails_expected_production_pcr0_with_a_hint() -> None:
     production_pcr0 = _expected_pcrs(PRODUCTION[0])[0]
     with pytest.raises(AttestationError, match=r"^step 5 .*PCR0 mismatch.*debug-mode"):
         verify(
-            _document(DEBUG), now=_time(DEBUG), expected_pcrs={0: production_pcr0}, allow_debug=True
+            _document(DEBUG),
+            now=_time(DEBUG),
+            expected_pcrs={0: production_pcr0},
+            unsafe_allow_debug=True,
         )
 
 
@@ -331,7 +380,7 @@ def test_wrong_nonce_fails_step5(name: str) -> None:
 
 def test_expected_nonce_with_none_in_the_document_fails_step5() -> None:
     with pytest.raises(AttestationError, match=r"^step 5 .*carries no nonce"):
-        verify(_document(DEBUG), now=_time(DEBUG), nonce=b"challenge", allow_debug=True)
+        verify(_document(DEBUG), now=_time(DEBUG), nonce=b"challenge", unsafe_allow_debug=True)
 
 
 def test_expected_values_that_are_not_bytes_are_refused_with_a_fix() -> None:
@@ -481,17 +530,17 @@ def test_optional_fields_at_their_size_limits_or_absent_are_accepted(
     root, intermediate, leaf = pki
     bundle = [root.der, intermediate.der]
     limits = {"public_key": b"k" * 1024, "user_data": b"u" * 512, "nonce": b"n" * 512}
-    result = verify(_forge(leaf, bundle, changes=limits), root=root.cert, now=FORGED_NOW)
+    result = verify(_forge(leaf, bundle, changes=limits), unsafe_root=root.cert, now=FORGED_NOW)
     assert (result.public_key, result.user_data, result.nonce) == tuple(limits.values())
     empty = {"user_data": b"", "nonce": b""}
-    result = verify(_forge(leaf, bundle, changes=empty), root=root.cert, now=FORGED_NOW)
+    result = verify(_forge(leaf, bundle, changes=empty), unsafe_root=root.cert, now=FORGED_NOW)
     assert (result.user_data, result.nonce) == (b"", b"")
     name = PRODUCTION[0]
     absent = {k: v for k, v in _payload(name).items() if k not in limits}
     absent.update(certificate=leaf.der, cabundle=bundle)
     encoded = cbor2.dumps(absent)
     document = _envelope(encoded, _sign(leaf.key, encoded, PROTECTED_ES384))
-    result = verify(document, root=root.cert, now=FORGED_NOW)
+    result = verify(document, unsafe_root=root.cert, now=FORGED_NOW)
     assert (result.public_key, result.user_data, result.nonce) == (None, None, None)
 
 
@@ -505,11 +554,13 @@ def test_forged_document_verifies_only_against_its_own_root_and_warns(
     for tagged in (False, True):
         document = _forge(leaf, [root.der, intermediate.der], tagged=tagged)
         with caplog.at_level(logging.WARNING, logger="noflylist.client.attestation"):
-            result = verify(document, root=root.cert, now=FORGED_NOW)
+            result = verify(document, unsafe_root=root.cert, now=FORGED_NOW)
         assert result.certificate == leaf.cert
         assert "caller-supplied root" in caplog.text
         with pytest.raises(AttestationError, match=r"^step 3 .*not the trusted root"):
             verify(document, now=FORGED_NOW)
+    # Each call warns, not only the first.
+    assert _unsafe_warnings(caplog, "caller-supplied root (unsafe_root=)") == 2
 
 
 def test_forged_chain_that_claims_the_aws_root_fails_step3() -> None:
@@ -571,14 +622,14 @@ def test_chain_that_breaks_a_rule_fails_step3(case: tuple[dict[str, Any], str]) 
     root, intermediate, leaf = _chain_case(**kwargs)
     document = _forge(leaf, [root.der, intermediate.der])
     with pytest.raises(AttestationError, match=r"^step 3 \(certificate chain\)") as error:
-        verify(document, root=root.cert, now=FORGED_NOW)
+        verify(document, unsafe_root=root.cert, now=FORGED_NOW)
     assert fragment in str(error.value)
 
 
 def test_chain_missing_its_intermediate_fails_step3() -> None:
     root, _, leaf = _chain_case()
     with pytest.raises(AttestationError, match=r"^step 3 .*names an issuer other"):
-        verify(_forge(leaf, [root.der]), root=root.cert, now=FORGED_NOW)
+        verify(_forge(leaf, [root.der]), unsafe_root=root.cert, now=FORGED_NOW)
 
 
 def test_cabundle_entry_that_is_not_a_certificate_fails_step3(
@@ -586,7 +637,8 @@ def test_cabundle_entry_that_is_not_a_certificate_fails_step3(
 ) -> None:
     root, _, leaf = pki
     with pytest.raises(AttestationError, match=r"^step 3 .*cabundle\[1\] is not a DER"):
-        verify(_forge(leaf, [root.der, b"\x30\x03\x02\x01\x01"]), root=root.cert, now=FORGED_NOW)
+        bundle = [root.der, b"\x30\x03\x02\x01\x01"]
+        verify(_forge(leaf, bundle), unsafe_root=root.cert, now=FORGED_NOW)
 
 
 def test_leaf_key_on_p256_fails_step4() -> None:
@@ -595,7 +647,7 @@ def test_leaf_key_on_p256_fails_step4() -> None:
         leaf, [root.der, intermediate.der], signer=ec.generate_private_key(ec.SECP384R1())
     )
     with pytest.raises(AttestationError, match=r"^step 4 .*P-384"):
-        verify(document, root=root.cert, now=FORGED_NOW)
+        verify(document, unsafe_root=root.cert, now=FORGED_NOW)
 
 
 def test_document_signed_by_a_key_other_than_the_leafs_fails_step4(
@@ -604,7 +656,7 @@ def test_document_signed_by_a_key_other_than_the_leafs_fails_step4(
     root, intermediate, leaf = pki
     document = _forge(leaf, [root.der, intermediate.der], signer=intermediate.key)
     with pytest.raises(AttestationError, match=r"^step 4 \(signature\).*does not verify"):
-        verify(document, root=root.cert, now=FORGED_NOW)
+        verify(document, unsafe_root=root.cert, now=FORGED_NOW)
 
 
 # -- tampering and fuzzing ---------------------------------------------------------------------
@@ -624,7 +676,7 @@ def test_flipping_any_one_byte_of_a_real_document_fails(name: str) -> None:
             tampered = bytearray(document)
             tampered[position] ^= mask
             with pytest.raises(AttestationError):
-                verify(bytes(tampered), now=_time(name), allow_debug=True)
+                verify(bytes(tampered), now=_time(name), unsafe_allow_debug=True)
 
 
 # -- the boundary: whatever happens inside, only AttestationError leaves ------------------------
@@ -693,7 +745,7 @@ def test_every_header_byte_of_every_certificate_mangled_fails_in_step3_or_4(name
                 data = bytearray(original)
                 data[start + offset] = value
                 with pytest.raises(AttestationError, match=r"^step [34] "):
-                    verify(bytes(data), now=_time(name), allow_debug=True)
+                    verify(bytes(data), now=_time(name), unsafe_allow_debug=True)
 
 
 @pytest.mark.slow
@@ -717,7 +769,7 @@ def test_mangled_certificates_raise_only_attestation_error(
     if bytes(data) == original:
         return  # the edits rewrote bytes to their own values: nothing was tampered with
     with pytest.raises(AttestationError, match=r"^step [34] "):
-        verify(bytes(data), now=_time(name), allow_debug=True)
+        verify(bytes(data), now=_time(name), unsafe_allow_debug=True)
 
 
 _SCALARS = (
@@ -749,3 +801,18 @@ def test_payloads_with_random_field_values_raise_only_attestation_error(
         return  # hypothesis rewrote fields to their own values: the document is genuine
     with pytest.raises(AttestationError):
         verify(_with_payload(name, payload), now=_time(name))
+
+
+def test_the_verifier_reads_the_nsm_limits_without_importing_the_device_driver() -> None:
+    """A client's machine (perhaps without ``fcntl``) verifies documents: the verifier takes
+    the NSM's documented limits from :mod:`enclave.nsm_limits`, not from :mod:`enclave.nsm`."""
+    code = (
+        "import sys, noflylist.client.attestation\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('enclave', 'fcntl', "
+        "'ctypes')))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert "enclave.nsm_limits" in loaded  # the positive control
+    assert not {"enclave.nsm", "fcntl", "ctypes"} & set(loaded), loaded

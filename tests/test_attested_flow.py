@@ -26,6 +26,7 @@ import noflylist
 from enclave import cms
 from enclave.attested_decrypt import AttestedDecryptor, UnsafeUnattestedDecryptor
 from enclave.kms import KMSClient, KMSError, Recipient
+from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from enclave.retry import RetryPolicy
 from enclave.sigv4 import Credentials
@@ -83,7 +84,7 @@ class Setup:
                                  environ={}, retry=NO_RETRY)  # fmt: skip
 
     def attested(self, module: SecureModule) -> bytes:
-        decryptor = AttestedDecryptor(self.enclave, module, mode="simulated")
+        decryptor = AttestedDecryptor(self.enclave, module, mode=AttestationMode.SIMULATED)
         return decryptor.decrypt(
             self.data_key.ciphertext_blob, key_id=self.key_arn, encryption_context=CONTEXT
         )

@@ -23,6 +23,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from enclave.kms import KMSClient, KMSError
+from enclave.modes import AttestationMode
 from enclave.retry import RetryPolicy
 from enclave.s3 import S3Client, S3Error
 from enclave.sigv4 import Credentials
@@ -317,7 +318,7 @@ def test_serve_from_s3_polls_swaps_in_a_newer_list_and_refuses_an_older_one(
     config = ServeConfig(
         envelope=f"s3://{bucket}/envelope.json",
         port=free_port(),
-        attestation="unsafe-none",
+        attestation=AttestationMode.UNSAFE_NONE,
         refresh_interval=0.2,
         key_id=key_arn,
     )

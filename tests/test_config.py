@@ -3,10 +3,12 @@ message naming both the flag and the variable."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
+from enclave.modes import AttestationMode
 from noflylist import config
 from noflylist.config import ConfigError, build_serve_config
 
@@ -29,7 +31,7 @@ def test_environment_supplies_every_option() -> None:
         envelope="s3://bucket/envelope.json",
         host="0.0.0.0",
         port=9000,
-        attestation="unsafe-none",
+        attestation=AttestationMode.UNSAFE_NONE,
         refresh_interval=30.0,
         key_id="alias/noflylist",
         log_format="json",
@@ -83,4 +85,60 @@ def test_nsm_is_the_default_where_dev_nsm_exists(
     device = tmp_path / "nsm"
     device.write_bytes(b"")
     monkeypatch.setattr(config, "NSM_DEVICE", str(device))
-    assert build_serve_config({"envelope": "e"}, {}).attestation == "nsm"
+    assert build_serve_config({"envelope": "e"}, {}).attestation is AttestationMode.NSM
+
+
+@pytest.mark.parametrize("text", ["nsm", "simulated", "unsafe-none"])
+def test_the_attestation_value_on_the_command_line_becomes_the_enum_member(text: str) -> None:
+    flags = {"envelope": "e", "attestation": text, "simulator_state": "state"}
+    built = build_serve_config(flags, {})
+    assert built.attestation is AttestationMode(text) and built.attestation == text
+
+
+def test_an_unknown_attestation_mode_is_refused_with_every_valid_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_serve_config({"envelope": "e", "attestation": "NSM"}, {})
+    assert str(caught.value) == (
+        "--attestation (or NOFLYLIST_ATTESTATION) must be one of nsm, simulated, unsafe-none"
+    )
+
+
+def test_an_empty_attestation_flag_counts_as_not_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    device = tmp_path / "nsm"
+    device.write_bytes(b"")
+    monkeypatch.setattr(config, "NSM_DEVICE", str(device))
+    assert build_serve_config({"envelope": "e", "attestation": ""}, {}).attestation == "nsm"
+
+
+@pytest.mark.parametrize("workers", ["1", "256"])
+def test_the_worker_count_is_accepted_from_one_to_max_workers(workers: str) -> None:
+    flags = {"envelope": "e", "attestation": "unsafe-none", "workers": workers}
+    assert build_serve_config(flags, {}).workers == int(workers)
+
+
+@pytest.mark.parametrize("workers", ["0", "257", "-1", "eight"])
+def test_a_worker_count_outside_one_to_max_workers_is_refused_with_the_range(workers: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_serve_config({"envelope": "e", "attestation": "unsafe-none", "workers": workers}, {})
+    assert str(caught.value) == (
+        f"--workers (or NOFLYLIST_WORKERS) must be a whole number from {config.MIN_WORKERS} to "
+        f"{config.MAX_WORKERS}"
+    )
+    assert (config.MIN_WORKERS, config.MAX_WORKERS) == (1, 256)
+
+
+def test_the_server_and_the_configuration_have_one_set_of_defaults() -> None:
+    from noflylist.transport.server import Server
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(Server).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    built = build_serve_config({"envelope": "e", "attestation": "unsafe-none"}, {})
+    assert defaults["workers"] == built.workers == config.DEFAULT_WORKERS
+    assert defaults["port"] == built.port == config.DEFAULT_PORT
+    assert defaults["host"] == built.host == config.DEFAULT_HOST
+    assert defaults["log_format"] == built.log_format == config.LOG_FORMATS[0]

@@ -532,7 +532,7 @@ def test_an_unforeseen_failure_reading_credentials_is_an_imds_error_naming_only_
         def fullmatch(self, text: str) -> None:
             raise TypeError(text)  # a foreign message quoting a secret
 
-    monkeypatch.setattr("enclave.imds._HEADER_SAFE", Broken())
+    monkeypatch.setattr("enclave.imds.VISIBLE_ASCII", Broken())
     with pytest.raises(ImdsError, match=r"could not be read \(TypeError\)") as caught:
         parse_credentials_document(_VALID_BODY, "role")
     assert "topsecret" not in str(caught.value) and "ASIA" not in str(caught.value)

@@ -5,6 +5,7 @@ state folder, and stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,8 +25,11 @@ START_TIMEOUT = 60.0
 
 
 @contextmanager
-def demo(state: Path) -> Iterator[tuple[str, str]]:
-    """Run `noflylist demo` on a free port; yield (base URL, PCR0 hex) once it is ready."""
+def demo(state: Path, banner: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """Run `noflylist demo` on a free port; yield (base URL, PCR0 hex) once it is ready.
+
+    ``banner``, if given, receives the lines the demo prints before it is ready, up to
+    "Ctrl-C stops it"."""
     process = subprocess.Popen(
         [sys.executable, "-m", "noflylist", "demo", "--port", "0", "--state", str(state)],
         stdout=subprocess.PIPE,
@@ -37,7 +41,8 @@ def demo(state: Path) -> Iterator[tuple[str, str]]:
         base = pcr0 = None
         deadline = time.monotonic() + START_TIMEOUT
         assert process.stdout is not None
-        while (base is None or pcr0 is None) and time.monotonic() < deadline:
+        shown = False
+        while not (base and pcr0 and shown) and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
@@ -46,7 +51,10 @@ def demo(state: Path) -> Iterator[tuple[str, str]]:
                 base = found.group(1)
             if found := re.search(r"PCR0 of this code: ([0-9a-f]{96})", line):
                 pcr0 = found.group(1)
+            shown = shown or banner is None or "Ctrl-C stops it" in line
         assert base and pcr0, "demo did not start:\n" + "".join(output)
+        if banner is not None:
+            banner.extend(output)
         wait_ready(base, timeout=max(1.0, deadline - time.monotonic()))
         yield base, pcr0
     finally:
@@ -66,10 +74,17 @@ def check(base: str, state: Path, pcr0: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [
             sys.executable, "-m", "noflylist", "check", base, "Big Bird",
-            "--expect-pcr", f"0={pcr0}", "--root", str(state / "ca" / "root.pem"),
+            "--expect-pcr", f"0={pcr0}", "--unsafe-root", str(state / "ca" / "root.pem"),
         ],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def banner_check_command(banner: list[str]) -> list[str]:
+    """The `noflylist check ...` the banner tells a user to try, as argv (continuation joined)."""
+    text = "".join(banner).replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.strip().startswith("noflylist check"))
+    return shlex.split(line)
 
 
 def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> None:
@@ -86,6 +101,21 @@ def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> N
         refused = check(base, state, "ab" * 48)
         assert refused.returncode != 0
         assert "CAN NOT BOARD" not in refused.stdout
+
+
+def test_the_check_command_the_demo_banner_shows_passes_and_warns_its_root_is_unsafe(
+    tmp_path: Path,
+) -> None:
+    state, banner = tmp_path / "state", []
+    with demo(state, banner) as (base, pcr0):
+        argv = banner_check_command(banner)
+        assert argv[:3] == ["noflylist", "check", base] and f"0={pcr0}" in argv
+        assert argv[-2:] == ["--unsafe-root", str(state / "ca" / "root.pem")]
+        shown = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Big Bird is on the no-fly list and CAN NOT BOARD!" in shown.stdout
+    assert "WARNING: SIMULATED attestation" in shown.stderr and "--unsafe-root" in shown.stderr
 
 
 def test_demo_restarts_on_its_state_with_the_same_key(tmp_path: Path) -> None:

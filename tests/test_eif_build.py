@@ -58,7 +58,7 @@ def make_inputs(root: Path, code: bytes = OUR_CODE) -> eif_build.Inputs:
         [
             ("dir", "opt"),
             ("dir", "opt/noflylist"),
-            ("file", "opt/noflylist/screening.py", code),
+            ("file", "opt/noflylist/decision.py", code),
             ("dir", "usr/local/bin"),
             ("file", "usr/local/bin/noflylist", b"#!/bin/sh\n", 0o755),
             ("whiteout", "etc/old"),
@@ -214,7 +214,7 @@ def test_gnu_cpio_finds_nitro_cli_s_layout_with_owners_0_0_and_one_mtime(
         "rootfs/etc/enclaver/enclaver.yaml",
         "rootfs/usr/sbin/odyn",
         "rootfs/proc",
-        "rootfs/opt/noflylist/screening.py",
+        "rootfs/opt/noflylist/decision.py",
     ):
         assert expected in names
     assert "rootfs/etc/old" not in names and "rootfs/sbin/odyn" not in names

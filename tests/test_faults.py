@@ -45,6 +45,7 @@ from enclave.awscall import CredentialSource
 from enclave.credentials import CredentialProvider
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient, KMSError
+from enclave.modes import AttestationMode
 from enclave.retry import RetryPolicy
 from enclave.s3 import S3Client
 from enclave.sigv4 import Credentials
@@ -220,7 +221,7 @@ class FaultyKMS:
         except KMSError as exc:
             return _kms_error(str(exc), "refused")
         document = base64.b64decode(request["Recipient"]["AttestationDocument"])
-        public_key = attestation.verify(document, root=self._root.root).public_key
+        public_key = attestation.verify(document, unsafe_root=self._root.root).public_key
         assert public_key is not None
         recipient_key = load_der_public_key(public_key)
         if fault == "for-another-key":
@@ -328,7 +329,8 @@ def holder_for(
     """The service's list holder with the production decryptor, against the fake KMS."""
     client = KMSClient(REGION, provider or _Static(), environ={"AWS_ENDPOINT_URL_KMS": kms.url},
                        retry=FAST)  # fmt: skip
-    return ListHolder(source, AttestedDecryptor(client, nsm, mode="simulated"), Metrics())
+    decryptor = AttestedDecryptor(client, nsm, mode=AttestationMode.SIMULATED)
+    return ListHolder(source, decryptor, Metrics())
 
 
 def sealed(keys: FakeDataKeys, names: tuple[str, ...], serial: int) -> bytes:

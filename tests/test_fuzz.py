@@ -164,7 +164,7 @@ def fuzz_attestation(data: bytes) -> None:
     """Verified at the time of the real document the input shares most bytes with, so a
     mutant's certificates are still valid and verification goes on to the later steps."""
     nearest, now = max(_nitro_documents(), key=lambda known: _common_prefix(known[0], data))
-    attestation.verify(data, now=now, allow_debug=True)
+    attestation.verify(data, now=now, unsafe_allow_debug=True)
     # A changed signed document that still verifies would be a forgery (ES384). (A
     # "mutation" may leave the document as it was, e.g. by setting a zero byte to zero.)
     assert data == nearest, "a changed attestation document verified"

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from enclave import http_client, sigv4
 from enclave.kms import KMSClient, KMSError
 from enclave.retry import RetryPolicy
+from noflylist.tools.policy import MAX_POLICY_BYTES
 from noflylist_simulator import policy
 from noflylist_simulator.ca import SimulatedCA, load_or_create
 from noflylist_simulator.kms_server import STATE_FILE, LocalKMS, LocalKMSError
@@ -762,7 +763,8 @@ def test_what_is_not_understood_fails_closed(
 def test_parse_refuses_documents_kms_would_not_store() -> None:
     for text in ("[]", "{", json.dumps({"Statement": [{"Effect": "Allow"}]}),
                  json.dumps({"Statement": statement("Allow") | {"Effect": "allow"}}),
-                 "x" * (policy.MAX_POLICY_BYTES + 1)):  # fmt: skip
+                 "x" * (MAX_POLICY_BYTES + 1)):  # fmt: skip
         with pytest.raises(policy.PolicyError):
             policy.parse(text)
     assert policy.parse(json.dumps({"Statement": statement("Allow")}))["Statement"]
+    assert MAX_POLICY_BYTES == 32_768  # AWS KMS quotas: "Key policy document size: 32 KB"

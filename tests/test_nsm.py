@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave import nsm
+from enclave import nsm, nsm_limits
 from enclave.nsm import NitroSecureModule, NSMDeviceError, NSMError, SecureModule
 
 #: _IOWR(type, nr, size) from linux/ioctl.h: direction 3 in bits 30-31, size in 16-29,
@@ -132,9 +132,9 @@ def test_get_random_sends_the_linux_drivers_bytes_and_reads_its_documented_answe
 
 @settings(max_examples=150, deadline=None)
 @given(
-    public_key=st.none() | st.binary(max_size=nsm.MAX_PUBLIC_KEY_BYTES),
-    user_data=st.none() | st.binary(max_size=nsm.MAX_USER_DATA_BYTES),
-    nonce=st.none() | st.binary(max_size=nsm.MAX_NONCE_BYTES),
+    public_key=st.none() | st.binary(max_size=nsm_limits.MAX_PUBLIC_KEY_BYTES),
+    user_data=st.none() | st.binary(max_size=nsm_limits.MAX_USER_DATA_BYTES),
+    nonce=st.none() | st.binary(max_size=nsm_limits.MAX_NONCE_BYTES),
     document=st.binary(min_size=1, max_size=6000),
 )
 def test_attestation_request_has_the_nsm_api_shape_and_returns_the_document(
@@ -364,15 +364,16 @@ def test_the_device_is_opened_read_write_and_closed_by_the_context_manager(
 @pytest.mark.parametrize(
     ("field", "limit"),
     [
-        ("public_key", nsm.MAX_PUBLIC_KEY_BYTES),
-        ("user_data", nsm.MAX_USER_DATA_BYTES),
-        ("nonce", nsm.MAX_NONCE_BYTES),
+        ("public_key", nsm_limits.MAX_PUBLIC_KEY_BYTES),
+        ("user_data", nsm_limits.MAX_USER_DATA_BYTES),
+        ("nonce", nsm_limits.MAX_NONCE_BYTES),
     ],
 )
 def test_attestation_fields_at_the_limit_are_sent_and_one_byte_more_is_refused_unsent(
     device_node: str, field: str, limit: int
 ) -> None:
-    assert (nsm.MAX_PUBLIC_KEY_BYTES, nsm.MAX_USER_DATA_BYTES, nsm.MAX_NONCE_BYTES) == (
+    limits = nsm_limits
+    assert (limits.MAX_PUBLIC_KEY_BYTES, limits.MAX_USER_DATA_BYTES, limits.MAX_NONCE_BYTES) == (
         1024,
         512,
         512,

@@ -65,7 +65,7 @@ def _user_data_refusal(data: object) -> str:
     ids=["text", "None", "an int", "deep arrays", "deep indefinite arrays", "serial 2**53",
          "serial 2**64-1", "bignum serial", "long version", "extra key", "other key"],
 )  # fmt: skip
-def test_hostile_user_data_raises_attestation_endpoint_error_naming_the_cause(
+def test_hostile_user_data_raises_user_data_error_naming_the_cause(
     data: object, words: str
 ) -> None:
     assert words in _user_data_refusal(data)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enclave.modes import AttestationMode
 from noflylist import cli
 from noflylist.tools import policy
 from tests.conftest import VECTORS
@@ -478,7 +479,7 @@ def _attested_decrypt(local_kms, **nsm_options):  # type: ignore[no-untyped-def]
     kms, ca, key_arn = local_kms
     blob, plaintext = _sealed_data_key(local_kms)
     module = SimulatedNSM(ca, **nsm_options)
-    decryptor = AttestedDecryptor(_client(kms, ENCLAVE), module, mode="simulated")
+    decryptor = AttestedDecryptor(_client(kms, ENCLAVE), module, mode=AttestationMode.SIMULATED)
     return decryptor.decrypt(blob, key_id=key_arn), plaintext
 
 

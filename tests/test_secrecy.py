@@ -32,10 +32,11 @@ from typing import Any
 
 import pytest
 
+from enclave.modes import AttestationMode
 from noflylist import cli
-from noflylist import service as app
 from noflylist.config import ServeConfig
 from noflylist.lists import LOADS
+from noflylist.service import Service
 from noflylist.table import normalize
 from noflylist.tools import seal
 from noflylist_simulator.ca import SimulatedCA, load_or_create
@@ -326,10 +327,10 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
     kms = FaultyKMS(ca, keys)
     path = tmp_path / "envelope.json"
     path.write_bytes(seal.seal_v2(listed, keys, KEY_ARN, serial=1))
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY", 0.05)
     environ = {"AWS_ENDPOINT_URL_KMS": kms.url, "AWS_REGION": "eu-west-1",
                "AWS_ACCESS_KEY_ID": "AKIDSECRECYTEST", "AWS_SECRET_ACCESS_KEY": "s" * 40}
-    config = ServeConfig(envelope=str(path), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(path), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN, log_format=log_format)  # fmt: skip
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -339,7 +340,7 @@ def test_a_full_run_logs_no_listed_or_queried_name_and_errors_echo_none(
         root.setLevel(logging.DEBUG)  # and every debug line too
         # Start-up faults: a refusal, then throttling, then the list loads.
         kms.script = ["access-denied", "throttling", "throttling"]
-        service = app.Service(config, environ=environ, simulated_module=nsm)
+        service = Service(config, environ=environ, simulated_module=nsm)
         runner = threading.Thread(target=service.run, daemon=True)
         runner.start()
         _wait_for(lambda: service.holder.current is not None, "the first load")

@@ -166,7 +166,7 @@ def test_documents_verify_against_the_simulator_root_with_the_fields_given(
     ca, simulated = shared
     module: SecureModule = simulated
     document = module.attestation(public_key=public_key, user_data=user_data, nonce=nonce)
-    result = attestation.verify(document, root=ca.root, nonce=nonce)
+    result = attestation.verify(document, unsafe_root=ca.root, nonce=nonce)
     assert (result.public_key, result.user_data, result.nonce) == (public_key, user_data, nonce)
     assert result.pcrs[0] == module.describe_pcr(0).data
     assert result.certificate == ca.signing_leaf().certificate
@@ -183,13 +183,13 @@ def test_a_document_with_one_payload_byte_changed_does_not_verify(
     envelope = cbor2.loads(simulated.attestation(user_data=b"A" * 16))
     envelope[2] = envelope[2].replace(b"A" * 16, b"A" * 15 + b"B")
     with pytest.raises(attestation.AttestationError, match="signature"):
-        attestation.verify(cbor2.dumps(envelope), root=ca.root)
+        attestation.verify(cbor2.dumps(envelope), unsafe_root=ca.root)
 
 
 def test_pcr0_is_the_measured_source_and_pcrs_match_describe_pcr(
     simulated: SimulatedNSM, ca: SimulatedCA
 ) -> None:
-    result = attestation.verify(simulated.attestation(), root=ca.root)
+    result = attestation.verify(simulated.attestation(), unsafe_root=ca.root)
     assert result.pcrs[0] == measure_pcr0()
     for index in range(16):
         pcr = simulated.describe_pcr(index)
@@ -213,8 +213,9 @@ def test_debug_mode_zeroes_exactly_pcr0_1_2_8_like_a_real_debug_enclave(ca: Simu
 def test_a_debug_document_is_refused_unless_debug_is_allowed(ca: SimulatedCA) -> None:
     document = SimulatedNSM(ca, debug=True).attestation()
     with pytest.raises(attestation.AttestationError, match="debug"):
-        attestation.verify(document, root=ca.root)
-    assert attestation.verify(document, root=ca.root, allow_debug=True).pcrs[0] == bytes(48)
+        attestation.verify(document, unsafe_root=ca.root)
+    accepted = attestation.verify(document, unsafe_root=ca.root, unsafe_allow_debug=True)
+    assert accepted.pcrs[0] == bytes(48)
 
 
 # -- PCR0 measures the source --------------------------------------------------------------------

@@ -28,9 +28,10 @@ import pytest
 from enclave import credentials
 from enclave.errors import EnclaveError
 from enclave.kms import key_region
-from noflylist import service as app
+from enclave.modes import AttestationMode
 from noflylist.config import ServeConfig
 from noflylist.lists import LOADS
+from noflylist.service import Service
 from noflylist.tools import seal
 from noflylist_simulator.ca import SimulatedCA, load_or_create
 from noflylist_simulator.nsm import SimulatedNSM
@@ -110,8 +111,8 @@ def test_serve_without_aws_region_answers_503_with_the_reason_until_imds_answers
     fault: str, kms: FaultyKMS, imds: FakeImds, envelope_file: Path, ca: SimulatedCA,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY_MAX", 0.2)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY", 0.05)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY_MAX", 0.2)
     monkeypatch.setattr(credentials, "IMDS_RETRY_PAUSE", 0.01)
     port = free_port()
     if fault == "refusing-tokens":
@@ -120,10 +121,10 @@ def test_serve_without_aws_region_answers_503_with_the_reason_until_imds_answers
     # The shipped manifest's setting: no region, no keys; both come from IMDS.
     environ = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}",
                "AWS_ENDPOINT_URL_KMS": kms.url}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
     with caplog.at_level(logging.INFO):
-        service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
+        service = Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
         runner = threading.Thread(target=service.run, daemon=True)
         runner.start()
         base = "http://{}:{}".format(*service.address)
@@ -162,12 +163,12 @@ def test_the_first_load_loop_survives_an_exception_that_escapes_reload_and_count
     """A bug outside the holder's own boundary, before any list is in service: the first
     load's loop counts it as a failed load, shows its type and place (never its message) in
     ``/readyz``, and tries again until the list is served."""
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY", 0.05)
     environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIDSTARTUPTEST",
                "AWS_SECRET_ACCESS_KEY": "s" * 40, "AWS_ENDPOINT_URL_KMS": kms.url}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
-    service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
+    service = Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
     real_reload = service.holder.reload
     escapes = [RuntimeError(f"cannot load {LISTED[1]}"), RecursionError(LISTED[1])]
     release = threading.Event()
@@ -219,15 +220,15 @@ def test_asking_for_the_region_backs_off_doubling_to_the_ceiling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """A service waiting for IMDS does not hammer the way to it."""
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY", 0.05)
-    monkeypatch.setattr(app, "FIRST_LOAD_RETRY_MAX", 0.4)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY", 0.05)
+    monkeypatch.setattr("noflylist.service.FIRST_LOAD_RETRY_MAX", 0.4)
     monkeypatch.setattr(credentials, "IMDS_RETRY_PAUSE", 0.01)
     imds.token_status = 503
     imds.start()
     environ = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url, "AWS_ENDPOINT_URL_KMS": kms.url}
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="simulated",
+    config = ServeConfig(envelope=str(envelope_file), port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
-    service = app.Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
+    service = Service(config, environ=environ, simulated_module=SimulatedNSM(ca))
     wake = _RecordingEvent()
     monkeypatch.setattr(service, "_wake", wake)  # where the loader waits between attempts
     runner = threading.Thread(target=service.run, daemon=True)
@@ -266,9 +267,10 @@ def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
 ) -> None:
     environ = {"AWS_ACCESS_KEY_ID": "AKIDSTARTUPTEST", "AWS_SECRET_ACCESS_KEY": "s" * 40,
                **environ}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="unsafe-none")
+    config = ServeConfig(envelope=str(envelope_file), port=0,
+                         attestation=AttestationMode.UNSAFE_NONE)  # fmt: skip
     with pytest.raises(EnclaveError) as raised:
-        app.Service(config, environ=environ)
+        Service(config, environ=environ)
     assert words in str(raised.value)
 
 
@@ -280,9 +282,9 @@ def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
 def test_a_malformed_envelope_location_fails_the_service_at_construction(
     location: str, words: str
 ) -> None:
-    config = ServeConfig(envelope=location, port=0, attestation="unsafe-none")
+    config = ServeConfig(envelope=location, port=0, attestation=AttestationMode.UNSAFE_NONE)
     with pytest.raises(EnclaveError, match=words):
-        app.Service(config, environ={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
+        Service(config, environ={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
 
 
 # -- as a process: the exit status ---------------------------------------------------------
@@ -402,14 +404,14 @@ def test_kms_calls_go_to_the_region_of_the_key_arn_whatever_the_instance_region(
     key = "arn:aws:kms:ap-southeast-2:111122223333:key/00000000-0000-4000-8000-000000000000"
     environ = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "AKIDREGIONTEST",
                "AWS_SECRET_ACCESS_KEY": "s" * 40}  # fmt: skip
-    config = ServeConfig(envelope=str(envelope_file), port=0, attestation="unsafe-none",
-                         key_id=key)  # fmt: skip
-    service = app.Service(config, environ=environ)
+    config = ServeConfig(envelope=str(envelope_file), port=0,
+                         attestation=AttestationMode.UNSAFE_NONE, key_id=key)  # fmt: skip
+    service = Service(config, environ=environ)
     service._open()  # what the first load does before it fetches anything
     assert service.kms is not None
     assert (service.kms.endpoint, service.kms.region) == (
         "https://kms.ap-southeast-2.amazonaws.com", "ap-southeast-2")
-    unpinned = app.Service(ServeConfig(envelope=str(envelope_file), port=0,
-                                       attestation="unsafe-none"), environ=environ)  # fmt: skip
+    unpinned = Service(ServeConfig(envelope=str(envelope_file), port=0,
+                                   attestation=AttestationMode.UNSAFE_NONE), environ=environ)
     unpinned._open()
     assert unpinned.kms is not None and unpinned.kms.region == "eu-west-1"

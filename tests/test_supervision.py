@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 from enclave.attested_decrypt import AttestedDecryptor
+from enclave.modes import AttestationMode
 from noflylist.config import ServeConfig
 from noflylist.lists import LOADS, OUTCOMES
 from noflylist.service import Service
@@ -221,7 +222,7 @@ def running(
         "AWS_ENDPOINT_URL_KMS": kms.url, "AWS_ENDPOINT_URL_S3": s3.url,
         "AWS_CA_BUNDLE": str(pki.ca_file),
     }  # fmt: skip
-    config = ServeConfig(envelope=location, port=0, attestation="simulated",
+    config = ServeConfig(envelope=location, port=0, attestation=AttestationMode.SIMULATED,
                          refresh_interval=0, key_id=KEY_ARN)  # fmt: skip
     service = Service(config, environ=environ, simulated_module=nsm)
     runner = threading.Thread(target=service.run, daemon=True)

@@ -22,9 +22,10 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from enclave.modes import AttestationMode
 from enclave.nsm import NSMError
 from noflylist import __version__, cli
-from noflylist.attestation_route import AttestationEndpointError, AttestationRoute
+from noflylist.attestation_route import AttestationRoute, AttestationRouteError
 from noflylist.client.attestation import verify
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
@@ -69,7 +70,7 @@ def raw_nonce(name: str) -> bytes:
 @pytest.mark.parametrize("name", [*PRODUCTION, "debug-2022-10-12.cbor"])
 def test_verify_prints_the_fields_of_real_documents_inside_their_validity(name, capsys):
     facts = EXPECTED[name]
-    extra = ["--allow-debug"] if name.startswith("debug") else []
+    extra = ["--unsafe-allow-debug"] if name.startswith("debug") else []
     status, out, err = run(
         ["verify", str(NITRO / name), "--at", inside_window(name), "--json", *extra], capsys
     )
@@ -93,6 +94,26 @@ def test_verify_prints_the_fields_of_real_documents_inside_their_validity(name, 
     else:  # not a noflylist map: shown as hex
         user_data = bytes.fromhex(fields["user_data"]["hex"])
         assert hashlib.sha256(user_data).hexdigest() == facts["user_data"]["sha256"]
+
+
+def test_verify_with_unsafe_allow_debug_prints_a_warning_on_stderr_each_time(capsys):
+    name = PRODUCTION[0]
+    argv = ["verify", str(NITRO / name), "--at", inside_window(name), "--unsafe-allow-debug"]
+    for _ in range(2):
+        status, out, err = run(argv, capsys)
+        assert status == 0 and "PCR0:" in out
+        assert err.count("WARNING: UNSAFE: --unsafe-allow-debug: a debug-mode enclave") == 1
+    status, _, err = run(argv[:-1], capsys)
+    assert status == 0 and "WARNING" not in err
+
+
+@pytest.mark.parametrize("old", ["--root", "--allow-debug"])
+def test_the_old_names_of_the_unsafe_options_are_refused(old, capsys, simulator):
+    sim, _ = simulator
+    value = [str(sim.root_pem)] if old == "--root" else []
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["verify", str(NITRO / PRODUCTION[0]), old, *value])
+    assert exited.value.code == 2 and f"unrecognized arguments: {old}" in capsys.readouterr().err
 
 
 def test_verify_text_output_names_module_pcrs_and_nonce(capsys):
@@ -158,7 +179,7 @@ def test_verify_reads_wrapped_base64_from_stdin_like_the_raw_file(monkeypatch, c
         (["--at", "yesterday"], "--at:"),
         (["--expect-pcr", "0=abcd"], "--expect-pcr"),
         (["--nonce", "xyz"], "--nonce"),
-        (["--root", "/nonexistent/root.pem"], "--root"),
+        (["--unsafe-root", "/nonexistent/root.pem"], "--unsafe-root"),
     ],
 )
 def test_verify_refuses_bad_options_naming_them(argv_tail, message, capsys):
@@ -176,10 +197,8 @@ def test_verify_refuses_input_that_is_neither_cbor_nor_base64(tmp_path, capsys):
 def test_verify_against_another_root_fails_at_step_3(capsys, simulator):
     sim, _ = simulator
     name = PRODUCTION[0]
-    status, _, err = run(
-        ["verify", str(NITRO / name), "--at", inside_window(name), "--root", str(sim.root_pem)],
-        capsys,
-    )
+    argv = ["verify", str(NITRO / name), "--at", inside_window(name)]
+    status, _, err = run([*argv, "--unsafe-root", str(sim.root_pem)], capsys)
     assert status == 1 and "step 3 (certificate chain)" in err
 
 
@@ -189,21 +208,23 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
     sim, module = simulator
     holder[0].reload(only_if_changed=False)
     nonce = b"\x42" * 32
-    _, _, body, _ = AttestationRoute(module, holder[0], mode="simulated")(
+    _, _, body, _ = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)(
         {"nonce": [nonce.hex()]}, {}
     )
     (tmp_path / "doc.cbor").write_bytes(body)
-    argv = ["verify", str(tmp_path / "doc.cbor"), "--root", str(sim.root_pem)]
+    argv = ["verify", str(tmp_path / "doc.cbor"), "--unsafe-root", str(sim.root_pem)]
     status, out, err = run([*argv, "--nonce", nonce.hex(), "--json"], capsys)
     assert status == 0, err
+    assert "WARNING: SIMULATED attestation" in err and "--unsafe-root" in err
     fields = json.loads(out)
-    assert fields["root"] == "caller-supplied (--root)" and fields["pcrs"]["PCR0"] == PCR0.hex()
+    assert fields["root"] == "caller-supplied (--unsafe-root)"
+    assert fields["pcrs"]["PCR0"] == PCR0.hex()
     assert fields["user_data"] == {
         "envelope_sha256": hashlib.sha256(holder[1].read_bytes()).hexdigest(),
         "serial": 7,
         "version": __version__,
     }
-    # Without --root the AWS root is used, and the simulator's chain does not lead to it.
+    # Without --unsafe-root the AWS root is used, and the simulator's chain does not lead to it.
     status, _, err = run(argv[:2], capsys)
     assert status == 1 and "step 3 (certificate chain)" in err
 
@@ -212,7 +233,7 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
 
 
 class _Simulator:
-    """The simulator's CA and the root PEM file it wrote (what a user passes to --root)."""
+    """The simulator's CA and the root PEM file it wrote (what a user passes to --unsafe-root)."""
 
     def __init__(self, ca: SimulatedCA, folder: Path) -> None:
         self.ca = ca
@@ -237,25 +258,25 @@ def holder(tmp_path) -> tuple[ListHolder, Path]:
 
 def test_route_documents_carry_the_nonce_and_verify_against_the_simulator_root(simulator, holder):
     sim, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     nonce = bytes(range(1, 33))
     status, content_type, body, headers = route({"nonce": [nonce.hex()]}, {})
     assert (status, content_type) == (200, "application/cbor")
     assert headers == {MODE_HEADER: "simulated"}
-    document = verify(body, root=sim.ca.root, nonce=nonce, expected_pcrs={0: PCR0})
+    document = verify(body, unsafe_root=sim.ca.root, nonce=nonce, expected_pcrs={0: PCR0})
     assert document.nonce == nonce and document.public_key is None
 
 
 def test_route_user_data_names_no_list_before_load_and_the_envelope_after(simulator, holder):
     sim, module = simulator
     list_holder, path = holder
-    route = AttestationRoute(module, list_holder, mode="nsm")
+    route = AttestationRoute(module, list_holder, mode=AttestationMode.NSM)
     nonce = b"\x5a" * 8
 
     def user_data() -> object:
         status, _, body, headers = route({"nonce": [nonce.hex()]}, {"Accept": "*/*"})
         assert status == 200 and headers == {MODE_HEADER: "nsm"}
-        data = verify(body, root=sim.ca.root, nonce=nonce).user_data
+        data = verify(body, unsafe_root=sim.ca.root, nonce=nonce).user_data
         assert data is not None
         return cbor2.loads(data)
 
@@ -285,7 +306,7 @@ def test_route_sends_base64_text_only_when_text_plain_is_preferred(
     simulator, holder, accept, as_text
 ):
     sim, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     nonce = b"\x01" * 16
     status, content_type, body, _ = route({"nonce": [nonce.hex()]}, {"accept": accept})
     assert status == 200
@@ -296,7 +317,7 @@ def test_route_sends_base64_text_only_when_text_plain_is_preferred(
     else:
         assert content_type == "application/cbor"
         document = body
-    assert verify(document, root=sim.ca.root, nonce=nonce).nonce == nonce
+    assert verify(document, unsafe_root=sim.ca.root, nonce=nonce).nonce == nonce
 
 
 SECRET_LOOKING = "c0ffee" * 3
@@ -333,7 +354,7 @@ def test_route_refuses_bad_nonces_with_400_and_one_line_that_echoes_nothing(
     simulator, holder, query
 ):
     _, module = simulator
-    route = AttestationRoute(module, holder[0], mode="simulated")
+    route = AttestationRoute(module, holder[0], mode=AttestationMode.SIMULATED)
     status, content_type, body, _ = route(query, {})
     assert status == 400 and content_type.startswith("text/plain")
     text = body.decode()
@@ -346,14 +367,14 @@ def test_route_answers_503_with_the_reason_when_the_nsm_fails(holder):
         def attestation(self, **_: object) -> bytes:
             raise NSMError("the NSM did not answer Attestation within the driver's timeout")
 
-    route = AttestationRoute(BrokenNSM(), holder[0], mode="nsm")  # type: ignore[arg-type]
+    route = AttestationRoute(BrokenNSM(), holder[0], mode=AttestationMode.NSM)  # type: ignore[arg-type]
     status, _, body, _ = route({"nonce": ["ab" * 8]}, {})
     assert status == 503 and b"driver's timeout" in body
 
 
 def test_route_needs_a_mode_with_an_nsm(simulator, holder):
-    with pytest.raises(AttestationEndpointError, match="unsafe-none"):
-        AttestationRoute(simulator[1], holder[0], mode="unsafe-none")
+    with pytest.raises(AttestationRouteError, match="unsafe-none"):
+        AttestationRoute(simulator[1], holder[0], mode=AttestationMode.UNSAFE_NONE)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +444,7 @@ def serve(simulator, holder, monkeypatch):
     started: list[_Service] = []
 
     def start(route: RouteHandler | None = None) -> _Service:
-        route = route or AttestationRoute(module, list_holder, mode="simulated")
+        route = route or AttestationRoute(module, list_holder, mode=AttestationMode.SIMULATED)
         started.append(_Service(list_holder, route, sim.root_pem))
         return started[-1]
 
@@ -433,7 +454,7 @@ def serve(simulator, holder, monkeypatch):
 
 
 def check(service: _Service, name: str, *extra: str) -> list[str]:
-    return ["check", service.url, name, "--root", str(service.root_pem), *extra]
+    return ["check", service.url, name, "--unsafe-root", str(service.root_pem), *extra]
 
 
 @pytest.mark.parametrize(
@@ -496,10 +517,29 @@ def test_check_refuses_a_replayed_document_whose_nonce_is_not_ours(serve, simula
 
 def test_check_refuses_a_debug_mode_enclave(serve, tmp_path, holder, capsys):
     debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
-    service = serve(AttestationRoute(debug_module, holder[0], mode="simulated"))
+    service = serve(AttestationRoute(debug_module, holder[0], mode=AttestationMode.SIMULATED))
     argv = ["check", service.url, "Big Bird", "--expect-pcr", f"0={PCR0.hex()}"]
-    err = refused(service, capsys, [*argv, "--root", str(tmp_path / "debug-ca" / "root.pem")])
+    root_pem = tmp_path / "debug-ca" / "root.pem"
+    err = refused(service, capsys, [*argv, "--unsafe-root", str(root_pem)])
     assert "PCR0 is all zero" in err
+
+
+def test_check_accepts_a_debug_mode_enclave_only_with_unsafe_allow_debug_and_says_so(
+    serve, tmp_path, holder, capsys
+):
+    debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
+    service = serve(AttestationRoute(debug_module, holder[0], mode=AttestationMode.SIMULATED))
+    root_pem = tmp_path / "debug-ca" / "root.pem"
+    pcr3 = debug_module.describe_pcr(3).data.hex()  # PCR0 is zero, and cannot be pinned
+    argv = ["check", service.url, "Big Bird", "--expect-pcr", f"3={pcr3}",
+            "--unsafe-root", str(root_pem)]  # fmt: skip
+    err = refused(service, capsys, argv)
+    assert "PCR0 is all zero" in err and "--unsafe-allow-debug" not in err
+    status, out, err = run([*argv, "--unsafe-allow-debug"], capsys)
+    assert status == 0, err
+    assert "answer: Big Bird is on the no-fly list and CAN NOT BOARD!" in out
+    assert "WARNING: UNSAFE: --unsafe-allow-debug: a debug-mode enclave" in err
+    assert "WARNING: SIMULATED attestation" in err
 
 
 def test_check_refuses_when_the_service_cannot_attest(serve, capsys):

@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from enclave.cbor import CBORError, CBORValue, decode, encode
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import MAX_NONCE_BYTES, MAX_PCRS, MAX_PUBLIC_KEY_BYTES, MAX_USER_DATA_BYTES
 from noflylist.client.cose import (
     ALG_ES384,
     HEADER_ALG,
@@ -63,13 +64,9 @@ _MAX_DOCUMENT_BYTES = _MAX_PAYLOAD_BYTES + 1024
 _MAX_CERT_BYTES = 1024
 #: Nitro bundles hold 4 certificates; the cap bounds the signature checks a document can cause.
 _MAX_CABUNDLE = 8
-#: §3.2.2.2: ``pcrs`` holds 1 to 32 registers, indices 0..31, each 32, 48 or 64 bytes.
-_MAX_PCRS = 32
+#: §3.2.2.2: each PCR is 32, 48 or 64 bytes (the register count and the ``public_key``,
+#: ``user_data`` and ``nonce`` sizes are the NSM's limits, :mod:`enclave.nsm_limits`).
 _PCR_SIZES = frozenset({32, 48, 64})
-#: §3.2.2.2 field size limits (``public_key`` 1..1024, ``user_data`` and ``nonce`` 0..512).
-_MAX_PUBLIC_KEY = 1024
-_MAX_USER_DATA = 512
-_MAX_NONCE = 512
 #: ``timestamp: uint .size 8``: milliseconds since the UNIX epoch.
 _MAX_TIMESTAMP_MS = 2**64 - 1
 #: §3.2.2.2: the only digest the NSM uses for PCRs.
@@ -122,23 +119,26 @@ class AttestationDocument:
 def verify(
     document: bytes,
     *,
-    root: x509.Certificate | None = None,
+    unsafe_root: x509.Certificate | None = None,
     now: datetime | None = None,
     expected_pcrs: Mapping[int, bytes] | None = None,
     nonce: bytes | None = None,
-    allow_debug: bool = False,
+    unsafe_allow_debug: bool = False,
 ) -> AttestationDocument:
     """Verify ``document`` (raw bytes from ``/dev/nsm``) and return its content.
 
-    ``root`` replaces the shipped AWS root, only ever for simulated documents: doing so logs
-    a warning. ``now`` defaults to the real clock and must be timezone-aware.
-    ``expected_pcrs`` and ``nonce`` are compared in constant time. ``allow_debug`` accepts
-    debug-mode enclaves (PCR0 all zero) and logs a warning; note that a debug enclave still
-    fills in PCR3 (IAM role) and PCR4 (parent instance), so a document must never be trusted
-    on PCR3/PCR4 alone.
+    ``now`` defaults to the real clock and must be timezone-aware. ``expected_pcrs`` and
+    ``nonce`` are compared in constant time.
+
+    The two ``unsafe_`` parameters weaken what a verified document proves, so each call that
+    uses one logs a warning, every time. ``unsafe_root`` replaces the shipped AWS root, only
+    ever for a simulator's documents, which then prove nothing about AWS hardware.
+    ``unsafe_allow_debug`` accepts debug-mode enclaves (PCR0 all zero), whose memory their
+    parent can read; note that a debug enclave still fills in PCR3 (IAM role) and PCR4
+    (parent instance), so a document must never be trusted on PCR3/PCR4 alone.
     """
     try:
-        return _verify(document, root, now, expected_pcrs, nonce, allow_debug)
+        return _verify(document, unsafe_root, now, expected_pcrs, nonce, unsafe_allow_debug)
     except AttestationError:
         raise
     except Exception as exc:  # the boundary: whatever the bytes, only AttestationError leaves
@@ -150,21 +150,28 @@ def verify(
 
 def _verify(
     document: bytes,
-    root: x509.Certificate | None,
+    unsafe_root: x509.Certificate | None,
     now: datetime | None,
     expected_pcrs: Mapping[int, bytes] | None,
     nonce: bytes | None,
-    allow_debug: bool,
+    unsafe_allow_debug: bool,
 ) -> AttestationDocument:
     if now is None:
         now = datetime.now(UTC)
     elif now.utcoffset() is None:
         raise AttestationError("verify(now=...) needs a timezone-aware datetime, e.g. in UTC")
     pinned = _pinned_root()
-    if root is None:
-        root = pinned
-    elif root != pinned:
-        _log.warning("attestation: trusting a caller-supplied root instead of the AWS root")
+    root = pinned if unsafe_root is None else unsafe_root
+    if root != pinned:
+        _log.warning(
+            "attestation: UNSAFE: trusting a caller-supplied root (unsafe_root=) instead of "
+            "the AWS root: the document proves nothing about AWS hardware"
+        )
+    if unsafe_allow_debug:
+        _log.warning(
+            "attestation: UNSAFE: unsafe_allow_debug=True: a debug-mode enclave (PCR0 all "
+            "zero), whose memory its parent can read, is accepted"
+        )
     sign1 = _step1_decode_envelope(document)
     payload = _step2_check_payload(sign1.payload)
     chain = _step3_check_chain(payload.certificate, payload.cabundle, root, now)
@@ -180,7 +187,7 @@ def _verify(
         user_data=payload.user_data,
         nonce=payload.nonce,
     )
-    _step5_caller_checks(result, expected_pcrs, nonce, allow_debug)
+    _step5_caller_checks(result, expected_pcrs, nonce, unsafe_allow_debug)
     return result
 
 
@@ -242,14 +249,14 @@ def _bytes_field(name: str, value: CBORValue, low: int, high: int) -> bytes:
 
 def _check_pcrs(value: CBORValue) -> dict[int, bytes]:
     """``pcrs``: a map of 1..32 entries, integer index 0..31 to 32, 48 or 64 bytes."""
-    if not isinstance(value, dict) or not 1 <= len(value) <= _MAX_PCRS:
-        raise AttestationError(f"step 2 (payload): pcrs must be a map of 1..{_MAX_PCRS} entries")
+    if not isinstance(value, dict) or not 1 <= len(value) <= MAX_PCRS:
+        raise AttestationError(f"step 2 (payload): pcrs must be a map of 1..{MAX_PCRS} entries")
     pcrs: dict[int, bytes] = {}
     for index, content in value.items():
-        if type(index) is not int or not 0 <= index < _MAX_PCRS:
+        if type(index) is not int or not 0 <= index < MAX_PCRS:
             raise AttestationError(
                 f"step 2 (payload): PCR index {_preview(index)} is not an integer in "
-                f"0..{_MAX_PCRS - 1}"
+                f"0..{MAX_PCRS - 1}"
             )
         if not isinstance(content, bytes) or len(content) not in _PCR_SIZES:
             raise AttestationError(
@@ -322,9 +329,9 @@ def _step2_check_payload(payload: bytes) -> _Payload:
             _bytes_field(f"cabundle[{i}]", der, 1, _MAX_CERT_BYTES)
             for i, der in enumerate(cabundle)
         ],
-        public_key=_optional_bytes(fields, "public_key", 1, _MAX_PUBLIC_KEY),
-        user_data=_optional_bytes(fields, "user_data", 0, _MAX_USER_DATA),
-        nonce=_optional_bytes(fields, "nonce", 0, _MAX_NONCE),
+        public_key=_optional_bytes(fields, "public_key", 1, MAX_PUBLIC_KEY_BYTES),
+        user_data=_optional_bytes(fields, "user_data", 0, MAX_USER_DATA_BYTES),
+        nonce=_optional_bytes(fields, "nonce", 0, MAX_NONCE_BYTES),
     )
 
 
@@ -346,7 +353,7 @@ def _step3_check_chain(
         raise AttestationError(
             "step 3 (certificate chain): the first cabundle certificate is not the trusted "
             "root: the document was not issued by the AWS Nitro PKI (a simulated NSM needs "
-            "its own root passed as root=)"
+            "its own root passed as unsafe_root=)"
         )
     chain = [_load_certificate(leaf_der, "certificate")]
     for index in range(len(bundle_der) - 1, 0, -1):
@@ -480,18 +487,21 @@ def _step5_caller_checks(
     document: AttestationDocument,
     expected_pcrs: Mapping[int, bytes] | None,
     nonce: bytes | None,
-    allow_debug: bool,
+    unsafe_allow_debug: bool,
 ) -> None:
     """Step 5: what the relying party asked for: no debug mode, its PCRs, its nonce."""
     image = document.pcrs.get(_PCR_IMAGE)
     if image is None or not any(image):
-        if not allow_debug:
+        if not unsafe_allow_debug:
             raise AttestationError(
                 "step 5 (caller checks): PCR0 is all zero or absent: a debug-mode enclave, "
                 "whose memory its parent can read; run the enclave without --debug-mode "
-                "(allow_debug=True is for development only)"
+                "(unsafe_allow_debug=True is for development only)"
             )
-        _log.warning("attestation: UNSAFE: accepting a debug-mode enclave (allow_debug=True)")
+        _log.warning(
+            "attestation: UNSAFE: accepting this debug-mode enclave's document "
+            "(unsafe_allow_debug=True)"
+        )
     for index, expected in sorted((expected_pcrs or {}).items()):
         if not isinstance(expected, bytes):
             raise AttestationError(

@@ -25,6 +25,7 @@ from enclave.errors import EnclaveError
 __all__ = [
     "ALG_ES384",
     "HEADER_ALG",
+    "P384_SCALAR_BYTES",
     "COSEError",
     "Sign1",
     "decode_sign1",
@@ -40,7 +41,7 @@ HEADER_ALG = 1
 #: Algorithm identifier of ECDSA with SHA-384 (RFC 9053 §2.1, Table 1).
 ALG_ES384 = -35
 #: Bytes of each of r and s for P-384 (RFC 9053 §2.1: padded to the key size, 384 bits).
-_P384_SCALAR_BYTES = 48
+P384_SCALAR_BYTES = 48
 #: Context string of a single-signer Sig_structure (RFC 9052 §4.4).
 _CONTEXT_SIGNATURE1 = "Signature1"
 
@@ -192,13 +193,13 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
 
 def _der_signature(raw: bytes) -> bytes:
     """Turn COSE's fixed-width ``r || s`` (RFC 9053 §2.1) into the DER form OpenSSL verifies."""
-    if len(raw) != 2 * _P384_SCALAR_BYTES:
+    if len(raw) != 2 * P384_SCALAR_BYTES:
         raise COSEError(
             f"ES384 signature is {len(raw)} bytes; RFC 9053 §2.1 requires r||s of "
-            f"{2 * _P384_SCALAR_BYTES} bytes"
+            f"{2 * P384_SCALAR_BYTES} bytes"
         )
-    r = int.from_bytes(raw[:_P384_SCALAR_BYTES], "big")
-    s = int.from_bytes(raw[_P384_SCALAR_BYTES:], "big")
+    r = int.from_bytes(raw[:P384_SCALAR_BYTES], "big")
+    s = int.from_bytes(raw[P384_SCALAR_BYTES:], "big")
     return encode_dss_signature(r, s)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from enclave.errors import EnclaveError
 from enclave.kms import KMSClient
+from enclave.modes import AttestationMode
 from enclave.sigv4 import Credentials
 from noflylist.cli import Handler, setup_logging
 from noflylist.config import ServeConfig
@@ -113,7 +114,7 @@ def run_demo(*, port: int, state: Path, host: str = "127.0.0.1") -> int:
         envelope=str(envelope_path),
         host=host,
         port=port,
-        attestation="simulated",
+        attestation=AttestationMode.SIMULATED,
         refresh_interval=0,
         key_id=key_arn,
         simulator_state=str(state),
@@ -181,7 +182,7 @@ def _banner(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
         f"    curl '{base}/readyz'",
         f"    curl '{base}/metrics'",
         f"    noflylist check {base} 'Big Bird' --expect-pcr 0={pcr0.hex()} \\",
-        f"        --root {state / 'ca' / 'root.pem'}",
+        f"        --unsafe-root {state / 'ca' / 'root.pem'}",
         "",
         "  Ctrl-C stops it.",
         "=" * 78,

@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 from enclave import ber, cbor, strict_json
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import PCR_BYTES
 
 MAGIC = b".eif"
 #: The version nitro-cli writes today; 2 added the CRC, 3 the signature, 4 the metadata.
@@ -78,7 +79,8 @@ HEADER = struct.Struct(">4sHHQQHH32Q32QII")
 #: EifSectionHeader: section_type, flags, section_size.
 SECTION_HEADER = struct.Struct(">HHQ")
 CRC_OFFSET = HEADER_BYTES - 4
-_ZERO_PCR = bytes(48)
+#: A register before its first extend: all zero, SHA-384's size.
+_ZERO_PCR = bytes(PCR_BYTES)
 _METADATA_KEYS = ("ImageName", "ImageVersion", "BuildMetadata", "DockerInfo", "CustomMetadata")
 _BUILD_KEYS = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")
 

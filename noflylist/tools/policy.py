@@ -64,8 +64,10 @@ from collections.abc import Mapping, Sequence
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
+from enclave.nsm_limits import MAX_PCRS, PCR_BYTES
 
 __all__ = [
+    "MAX_POLICY_BYTES",
     "SHA384_HEX_CHARS",
     "PolicyError",
     "key_policy",
@@ -74,9 +76,9 @@ __all__ = [
 ]
 
 #: Nitro PCRs are SHA-384 digests: 48 bytes, 96 hexadecimal characters.
-SHA384_HEX_CHARS = 96
-#: Indices accepted for ``kms:RecipientAttestation:PCR<n>``: the NSM's bank holds 32 registers.
-MAX_PCR_INDEX = 31
+SHA384_HEX_CHARS = 2 * PCR_BYTES
+#: Indices accepted for ``kms:RecipientAttestation:PCR<n>``: those of the NSM's PCR bank.
+MAX_PCR_INDEX = MAX_PCRS - 1
 #: PCR0 is the enclave image: the policy is meaningless without it.
 IMAGE_PCR = 0
 #: KMS refuses key policies larger than 32 KiB (AWS KMS quotas, "Key policy document size").
@@ -317,7 +319,9 @@ def _condition_values(pcrs: Mapping[int, Sequence[bytes]]) -> dict[str, object]:
         unique: list[str] = []
         for value in pcrs[index]:
             if not isinstance(value, bytes) or len(value) * 2 != SHA384_HEX_CHARS:
-                raise PolicyError(f"--pcr: each PCR{index} value must be 48 bytes (SHA-384)")
+                raise PolicyError(
+                    f"--pcr: each PCR{index} value must be {PCR_BYTES} bytes (SHA-384)"
+                )
             if not any(value):
                 raise PolicyError(_zero_refusal(f"--pcr {index}="))
             if value.hex() not in unique:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 
 from enclave import http_client
 from enclave.errors import EnclaveError
+from enclave.modes import AttestationMode
 from noflylist.cli import Handler
 from noflylist.client.attestation import AttestationDocument, AttestationError, verify
 from noflylist.tools import policy as key_policy
@@ -102,15 +103,32 @@ def _add_trust_options(parser: argparse.ArgumentParser, *, pcrs_required: bool) 
         help="a PCR the document must carry (repeatable; 96 hex characters)",
     )
     parser.add_argument(
-        "--root",
+        "--unsafe-root",
         metavar="PEM",
-        help="trust this root instead of AWS's (only for the local simulator's documents)",
+        help="UNSAFE: trust this root instead of AWS's (only for the local simulator's "
+        "documents, which prove nothing)",
     )
     parser.add_argument(
-        "--allow-debug",
+        "--unsafe-allow-debug",
         action="store_true",
         help="UNSAFE: accept debug-mode enclaves (PCR0 all zero), whose memory is readable",
     )
+
+
+def _warn_unsafe(args: argparse.Namespace) -> None:
+    """Say on stderr, each time, which guarantee an ``--unsafe-`` option gives up."""
+    if args.unsafe_root is not None:
+        print(
+            "WARNING: SIMULATED attestation: the document is checked against the root from "
+            "--unsafe-root, not AWS's; it proves nothing about real hardware",
+            file=sys.stderr,
+        )
+    if args.unsafe_allow_debug:
+        print(
+            "WARNING: UNSAFE: --unsafe-allow-debug: a debug-mode enclave (PCR0 all zero), "
+            "whose memory its parent can read, is accepted",
+            file=sys.stderr,
+        )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -119,14 +137,15 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         with _open(args.document, "FILE") as handle:
             data = _read_bounded(handle, args.document)
-    root = _load_root(args.root)
+    root = _load_root(args.unsafe_root)
+    _warn_unsafe(args)
     document = _checked(
         _document_bytes(data),
-        root=root,
+        unsafe_root=root,
         now=_parse_time(args.at),
         expected_pcrs=_expected_pcrs(args.expect_pcr),
         nonce=None if args.nonce is None else _parse_hex(args.nonce, "--nonce"),
-        allow_debug=args.allow_debug,
+        unsafe_allow_debug=args.unsafe_allow_debug,
     )
     fields = _fields(document, root)
     if args.json:
@@ -145,21 +164,21 @@ def _verify(args: argparse.Namespace) -> int:
 def _checked(
     document: bytes,
     *,
-    root: x509.Certificate | None,
+    unsafe_root: x509.Certificate | None,
     expected_pcrs: dict[int, bytes],
     nonce: bytes | None,
-    allow_debug: bool,
+    unsafe_allow_debug: bool,
     now: datetime | None = None,
 ) -> AttestationDocument:
     """:func:`noflylist.client.attestation.verify`, its step-naming failure turned into ours."""
     try:
         return verify(
             document,
-            root=root,
+            unsafe_root=unsafe_root,
             now=now,
             expected_pcrs=expected_pcrs,
             nonce=nonce,
-            allow_debug=allow_debug,
+            unsafe_allow_debug=unsafe_allow_debug,
         )
     except AttestationError as exc:
         raise TrustError(f"attestation document NOT verified: {exc}") from None
@@ -170,7 +189,7 @@ def _fields(document: AttestationDocument, root: x509.Certificate | None) -> dic
     served = _served(document.user_data)
     fields: dict[str, object] = {
         "verified": True,
-        "root": "AWS Nitro Enclaves root G1" if root is None else "caller-supplied (--root)",
+        "root": "AWS Nitro Enclaves root G1" if root is None else "caller-supplied (--unsafe-root)",
         "root_sha256": (root or document.cabundle[0]).fingerprint(hashes.SHA256()).hex(),
         "module_id": document.module_id,
         "timestamp": document.timestamp.isoformat(),
@@ -231,20 +250,16 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _check(args: argparse.Namespace) -> int:
     base = _service_url(args.url)
     expected = _expected_pcrs(args.expect_pcr)
-    root = _load_root(args.root)
+    root = _load_root(args.unsafe_root)
     nonce = secrets.token_bytes(CHECK_NONCE_BYTES)
     response = _get(
         f"{base}/enclave/attestation?nonce={nonce.hex()}",
         "the attestation request",
         accept=CBOR_TYPE,
     )
-    if root is not None:
-        print(
-            "WARNING: SIMULATED attestation: the document is checked against the root from "
-            "--root, not AWS's; it proves nothing about real hardware",
-            file=sys.stderr,
-        )
-    elif response.headers.get(MODE_HEADER.lower(), "") == "simulated":
+    _warn_unsafe(args)
+    said_simulated = response.headers.get(MODE_HEADER.lower(), "") == AttestationMode.SIMULATED
+    if root is None and said_simulated:
         print(
             "WARNING: the service says its documents are SIMULATED (signed by a development "
             "root); they cannot verify against AWS's root",
@@ -257,10 +272,10 @@ def _check(args: argparse.Namespace) -> int:
         )
     document = _checked(
         _document_bytes(response.body, response.headers.get("content-type")),
-        root=root,
+        unsafe_root=root,
         expected_pcrs=expected,
         nonce=nonce,
-        allow_debug=args.allow_debug,
+        unsafe_allow_debug=args.unsafe_allow_debug,
     )
     served = _served(document.user_data)
     if served is None:
@@ -396,12 +411,12 @@ def _document_bytes(data: bytes, content_type: str | None = None) -> bytes:
 def _load_root(path: str | None) -> x509.Certificate | None:
     if path is None:
         return None
-    with _open(path, "--root") as handle:
+    with _open(path, "--unsafe-root") as handle:
         pem = _read_bounded(handle, path, MAX_ROOT_PEM_BYTES)
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
-        raise TrustError(f"--root: {path} is not a PEM certificate") from None
+        raise TrustError(f"--unsafe-root: {path} is not a PEM certificate") from None
 
 
 def _expected_pcrs(texts: list[str]) -> dict[int, bytes]:

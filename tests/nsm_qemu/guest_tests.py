@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import cbor2
 import pytest
 
-from enclave import cbor, nsm
+from enclave import cbor, nsm, nsm_limits
 from enclave.nsm import NitroSecureModule, NSMDeviceError, NSMError
 from noflylist.client.attestation import AttestationError, verify
 from noflylist.client.cose import decode_sign1
@@ -237,7 +237,11 @@ def test_attestation_without_inputs_has_nine_fields_in_aws_order_and_null_inputs
         (None, 1, None),
         (None, None, 1),
         # The NSM's documented limits, all at once.
-        (nsm.MAX_PUBLIC_KEY_BYTES, nsm.MAX_USER_DATA_BYTES, nsm.MAX_NONCE_BYTES),
+        (
+            nsm_limits.MAX_PUBLIC_KEY_BYTES,
+            nsm_limits.MAX_USER_DATA_BYTES,
+            nsm_limits.MAX_NONCE_BYTES,
+        ),
     ],
 )
 def test_attestation_returns_public_key_user_data_and_nonce_as_given(
@@ -297,7 +301,7 @@ def test_qemu_documents_are_unsigned_and_the_verifier_refuses_them_at_step_1(
     assert sign1.signature == bytes(64)
     assert payload_of(document)["certificate"] == bytes(64)
     with pytest.raises(AttestationError) as refused:
-        verify(document, nonce=b"n" * 16, allow_debug=True)
+        verify(document, nonce=b"n" * 16, unsafe_allow_debug=True)
     assert str(refused.value).startswith("step 1")
 
 
