@@ -1,4 +1,4 @@
-"""The operator tools' subcommands of ``noflylist``: ``measure`` (and ``eif build``).
+"""The operator tools' subcommands of ``noflylist``: ``measure``, ``eif build``, ``eif package``.
 
 :mod:`noflylist.cli` adds these when the tools are installed; the enclave image has no
 ``noflylist.tools``, so there the commands are simply absent.
@@ -35,7 +35,7 @@ def add_commands(
         help="build the enclave's EIF deterministically (operator tool)",
         description="EIF tools. `eif build` makes the EIF that `enclaver build` would, from "
         "files only and with every mtime at SOURCE_DATE_EPOCH: the same inputs give the same "
-        "bytes and PCRs.",
+        "bytes and PCRs. `eif package` wraps it in the release image `enclaver run` runs.",
     )
     actions = eif.add_subparsers(dest="eif_command", metavar="ACTION", required=True)
     build = actions.add_parser(
@@ -64,7 +64,33 @@ def add_commands(
         help="mtime of every file in the ramdisks and the build time [SOURCE_DATE_EPOCH]",
     )
     build.add_argument("--image-name", default="noflylist", help="ImageName in the metadata")
-    return {"measure": _measure, "eif": _eif_build}
+    pack = actions.add_parser(
+        "package",
+        help="wrap the EIF in an Enclaver release image (OCI layout), reproducibly",
+        description="Write the release image `enclaver build` would (the sleeve, then "
+        "/enclave/enclaver.yaml and /enclave/application.eif, owned 0:0) as an OCI image "
+        "layout, with every time at SOURCE_DATE_EPOCH: the same inputs give the same bytes and "
+        "digests. The sleeve must be the image enclaver.yaml pins in sources.sleeve.",
+    )
+    pack.add_argument(
+        "--sleeve",
+        type=Path,
+        required=True,
+        help="the pinned sleeve image as an OCI layout folder (skopeo copy --multi-arch=all "
+        "--preserve-digests docker://NAME@sha256:... oci:DIR)",
+    )
+    pack.add_argument("--eif", type=Path, required=True, help="the EIF (noflylist eif build)")
+    pack.add_argument(
+        "--manifest", type=Path, required=True, help="the Enclaver manifest the EIF was built with"
+    )
+    pack.add_argument("--output", type=Path, required=True, help="the layout folder to write")
+    pack.add_argument(
+        "--source-date-epoch",
+        type=int,
+        default=None,
+        help="mtime of the files added and the image's creation time [SOURCE_DATE_EPOCH]",
+    )
+    return {"measure": _measure, "eif": _eif}
 
 
 def _measure(args: argparse.Namespace) -> int:
@@ -75,22 +101,34 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eif_build(args: argparse.Namespace) -> int:
-    import json
+def _eif(args: argparse.Namespace) -> int:
+    return _eif_package(args) if args.eif_command == "package" else _eif_build(args)
+
+
+def _epoch(args: argparse.Namespace) -> int:
+    """--source-date-epoch, or SOURCE_DATE_EPOCH; neither is a refusal naming both."""
     import os
 
-    from noflylist.tools.eif_build import BuildError, Inputs, build
+    from noflylist.tools.eif_build import BuildError
+
+    if args.source_date_epoch is not None:
+        return int(args.source_date_epoch)
+    text = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not text.isascii() or not text.isdigit():
+        raise BuildError(
+            "set --source-date-epoch or SOURCE_DATE_EPOCH (seconds; the time of the last "
+            "commit that changed the image's inputs: .ci/image/inputs-epoch.sh)"
+        )
+    return int(text)
+
+
+def _eif_build(args: argparse.Namespace) -> int:
+    import json
+
+    from noflylist.tools.eif_build import Inputs, build
     from noflylist.tools.measure import HASH_ALGORITHM
 
-    epoch = args.source_date_epoch
-    if epoch is None:
-        text = os.environ.get("SOURCE_DATE_EPOCH", "")
-        if not text.isascii() or not text.isdigit():
-            raise BuildError(
-                "set --source-date-epoch or SOURCE_DATE_EPOCH (seconds; the time of the last "
-                "commit that changed the image's inputs: .ci/image/inputs-epoch.sh)"
-            )
-        epoch = int(text)
+    epoch = _epoch(args)
     inputs = Inputs(args.app, args.odyn, args.manifest, args.blobs, epoch, args.image_name)
     result = build(inputs, args.output)
     report = {
@@ -106,6 +144,30 @@ def _eif_build(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     print(
         f"noflylist eif build: wrote {args.output} ({result.size} bytes) in {result.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _eif_package(args: argparse.Namespace) -> int:
+    import json
+
+    from noflylist.tools.measure import HASH_ALGORITHM
+    from noflylist.tools.release import Inputs, package
+
+    result = package(Inputs(args.sleeve, args.eif, args.manifest, _epoch(args)), args.output)
+    measurements = {
+        "HashAlgorithm": HASH_ALGORITHM,
+        "PCR0": result.measurements.pcr0,
+        "PCR1": result.measurements.pcr1,
+        "PCR2": result.measurements.pcr2,
+    }
+    if result.measurements.pcr8 is not None:
+        measurements["PCR8"] = result.measurements.pcr8
+    sys.stdout.write(json.dumps({"Measurements": measurements, **result.report}, indent=2) + "\n")
+    print(
+        f"noflylist eif package: wrote {args.output} ({result.manifest_digest}) "
+        f"in {result.seconds:.1f} s",
         file=sys.stderr,
     )
     return 0

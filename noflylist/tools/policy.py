@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
@@ -72,6 +73,7 @@ __all__ = [
     "PolicyError",
     "key_policy",
     "measurements_from_describe_eif",
+    "measurements_from_eif",
     "parse_pcr",
 ]
 
@@ -255,6 +257,28 @@ def measurements_from_describe_eif(text: str | bytes) -> dict[int, bytes]:
         ) from None
 
 
+def measurements_from_eif(path: Path, flag: str) -> dict[int, bytes]:
+    """PCR0, PCR1 and PCR2 (and PCR8 when signed) of an EIF or Enclaver release image.
+
+    Read by :func:`noflylist.tools.measure.measure`, as ``noflylist measure`` prints them, so
+    the values pinned are those of the very file that is deployed, not of a copied text. All
+    three are taken: PCR0 alone fixes the image, and PCR1 (kernel, cmdline, boot ramdisk:
+    the boot blob set) and PCR2 (the application) are what a reader compares one by one, so
+    naming them costs nothing and says which part moved. Any failure to read the file is a
+    :class:`PolicyError` naming ``flag`` (the command-line option that gave ``path``).
+    """
+    from noflylist.tools.measure import measure
+
+    try:
+        found, _ = measure(path)
+    except (EnclaveError, OSError) as exc:
+        raise PolicyError(f"{flag}: {exc}") from None
+    texts = {0: found.measurements.pcr0, 1: found.measurements.pcr1, 2: found.measurements.pcr2}
+    if found.measurements.pcr8 is not None:
+        texts[8] = found.measurements.pcr8
+    return {index: _pcr_value(text, f"{flag} {path}: PCR{index}") for index, text in texts.items()}
+
+
 def _measurements(text: str | bytes) -> dict[int, bytes]:
     flag = "--from-describe-eif"
     if len(text) > MAX_DESCRIBE_EIF_BYTES:
@@ -307,8 +331,8 @@ def _condition_values(pcrs: Mapping[int, Sequence[bytes]]) -> dict[str, object]:
     """``{"kms:RecipientAttestation:PCR<n>": hex | [hex, ...]}``, PCR0 first, lowercase hex."""
     if not pcrs.get(IMAGE_PCR):
         raise PolicyError(
-            "--pcr: PCR0 (the enclave image) is required: give --pcr 0=<96 hex characters> or "
-            "--from-describe-eif"
+            "--pcr: PCR0 (the enclave image) is required: give --pcr 0=<96 hex characters>, "
+            "--from-eif or --from-describe-eif"
         )
     values: dict[str, object] = {}
     for index in sorted(pcrs):

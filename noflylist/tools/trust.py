@@ -244,10 +244,21 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("url", metavar="URL", help="the service, e.g. https://screening.example")
     parser.add_argument("name", metavar="NAME", help="the passenger's name")
-    _add_trust_options(parser, pcrs_required=True)
+    _add_trust_options(parser, pcrs_required=False)
+    parser.add_argument(
+        "--expect-eif",
+        metavar="FILE",
+        help="expect PCR0, PCR1, PCR2 (and PCR8) of this EIF or Enclaver release image, as "
+        "`noflylist measure` reads them (with --expect-pcr, both must agree; one is required)",
+    )
+    # One of --expect-pcr and --expect-eif is required: a usage error (exit 2) without either.
+    parser.set_defaults(usage_error=parser.error)
 
 
 def _check(args: argparse.Namespace) -> int:
+    if not args.expect_pcr and args.expect_eif is None:
+        args.usage_error("one of --expect-pcr N=HEX and --expect-eif FILE is required")
+    args.expect_pcr = _with_eif_pcrs(args.expect_pcr, args.expect_eif)
     base = _service_url(args.url)
     expected = _expected_pcrs(args.expect_pcr)
     root = _load_root(args.unsafe_root)
@@ -353,6 +364,14 @@ def _add_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="FILE",
         help="take PCR0 (and PCR8) from nitro-cli describe-eif/build-enclave JSON output",
     )
+    parser.add_argument(
+        "--from-eif",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="take PCR0, PCR1, PCR2 (and PCR8) from this EIF or Enclaver release image, as "
+        "`noflylist measure` reads them (repeatable, for rolling deploys)",
+    )
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -364,6 +383,9 @@ def _policy(args: argparse.Namespace) -> int:
         with _open(args.from_describe_eif, "--from-describe-eif") as handle:
             data = _read_bounded(handle, args.from_describe_eif, key_policy.MAX_DESCRIBE_EIF_BYTES)
         for index, value in key_policy.measurements_from_describe_eif(data).items():
+            pcrs.setdefault(index, []).append(value)
+    for path in args.from_eif:
+        for index, value in key_policy.measurements_from_eif(Path(path), "--from-eif").items():
             pcrs.setdefault(index, []).append(value)
     document = key_policy.key_policy(
         account=args.account,
@@ -378,6 +400,21 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 # -- inputs ----------------------------------------------------------------------------------
+
+
+def _with_eif_pcrs(texts: list[str], eif: str | None) -> list[str]:
+    """``--expect-pcr`` values plus those of the ``--expect-eif`` file, which must agree."""
+    if eif is None:
+        return texts
+    from_eif = key_policy.measurements_from_eif(Path(eif), "--expect-eif")
+    for text in texts:
+        index, value = key_policy.parse_pcr(text, "--expect-pcr")
+        if index in from_eif and from_eif[index] != value:
+            raise TrustError(
+                f"--expect-pcr {index}= is not PCR{index} of --expect-eif {eif}: give one of "
+                "them, or the values of the image that is deployed"
+            )
+    return texts + [f"{index}={value.hex()}" for index, value in sorted(from_eif.items())]
 
 
 def _open(path: str, flag: str) -> BinaryIO:
