@@ -142,7 +142,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]
 
 
 def check(service: _Service, *extra: str) -> list[str]:
-    return ["check", service.url, "Big Bird", "--root", str(service.root_pem), *extra]
+    return ["check", service.url, "Big Bird", "--unsafe-root", str(service.root_pem), *extra]
 
 
 def test_check_expect_eif_verifies_pcr0_1_2_of_the_eif_then_asks(service, tmp_path, capsys):
