@@ -23,7 +23,7 @@ driver=${NOFLYLIST_STORAGE_DRIVER:-overlay}
 epoch=${SOURCE_DATE_EPOCH:-$("$here/inputs-epoch.sh" "$repo")}
 # Build arguments as a deployment would give them (a placeholder bucket and key).
 envelope=${NOFLYLIST_TEST_ENVELOPE:-s3://noflylist-example-lists/envelope.json}
-key_id=${NOFLYLIST_TEST_KEY_ID:-arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab}
+key_id=${NOFLYLIST_TEST_KEY_ID:-arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000}
 
 phase_start=$(date +%s)
 phase() {
