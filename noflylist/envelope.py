@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave import strict_json
 from enclave.errors import EnclaveError
+from noflylist.wire import MAX_SERIAL
 
 FORMAT_V2 = "noflylist-envelope-v2"
 FORMAT_FERNET = "fernet"
@@ -57,8 +58,9 @@ MAX_ENVELOPE_BYTES = 128 * 1024 * 1024
 #: Deepest JSON nesting of an envelope: v2's object holds one more, ``encryption_context``.
 MAX_JSON_DEPTH = 2
 #: Largest ``serial`` and ``entries``: both are exported as /metrics gauges, which are
-#: floats, exact up to 2**53; JSON readers in JavaScript have the same limit.
-MAX_COUNT = 2**53 - 1
+#: floats, exact up to 2**53; JSON readers in JavaScript have the same limit. The serial is
+#: also bound into ``user_data``, so the bound is the wire format's.
+MAX_COUNT = MAX_SERIAL
 #: KMS data keys for AES-256 (and Fernet's signing + encryption halves) are 32 bytes.
 DATA_KEY_BYTES = 32
 #: AES-GCM's standard nonce length.

@@ -58,8 +58,8 @@ MAX_NONCE_BYTES = 64
 CBOR_TYPE = "application/cbor"
 #: The document as base64 text, for terminals and ``curl``.
 TEXT_TYPE = "text/plain; charset=us-ascii"
-#: The largest serial an envelope may carry (JSON's exact integers; the envelope's
-#: ``MAX_COUNT``, which a test keeps equal).
+#: The largest serial an envelope may carry: JSON's exact integers (the envelope's
+#: ``MAX_COUNT`` is this).
 MAX_SERIAL = 2**53 - 1
 #: ``envelope_sha256`` is a SHA-256 digest.
 _DIGEST_BYTES = 32

@@ -57,12 +57,7 @@ def add_commands(
         "(default /usr/share/nitro_enclaves/blobs)",
     )
     build.add_argument("--output", type=Path, required=True, help="the EIF to write")
-    build.add_argument(
-        "--source-date-epoch",
-        type=int,
-        default=None,
-        help="mtime of every file in the ramdisks and the build time [SOURCE_DATE_EPOCH]",
-    )
+    _add_epoch(build, "mtime of every file in the ramdisks and the build time")
     build.add_argument("--image-name", default="noflylist", help="ImageName in the metadata")
     pack = actions.add_parser(
         "package",
@@ -84,13 +79,15 @@ def add_commands(
         "--manifest", type=Path, required=True, help="the Enclaver manifest the EIF was built with"
     )
     pack.add_argument("--output", type=Path, required=True, help="the layout folder to write")
-    pack.add_argument(
-        "--source-date-epoch",
-        type=int,
-        default=None,
-        help="mtime of the files added and the image's creation time [SOURCE_DATE_EPOCH]",
-    )
+    _add_epoch(pack, "mtime of the files added and the image's creation time")
     return {"measure": _measure, "eif": _eif}
+
+
+def _add_epoch(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--source-date-epoch``, for both actions; unset, :func:`_epoch` reads the variable."""
+    parser.add_argument(
+        "--source-date-epoch", type=int, default=None, help=f"{what} [SOURCE_DATE_EPOCH]"
+    )
 
 
 def _measure(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from enclave import http_syntax
 from enclave.errors import EnclaveError
 
 __all__ = [
@@ -55,8 +56,8 @@ MAX_BODY_BYTES = 256 * 1024
 #: Longest method token: real methods are at most 7 letters; more means "not HTTP".
 MAX_METHOD = 16
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+_TOKEN = http_syntax.TOKEN_BYTES
+_TOKEN_PREFIX = re.compile(http_syntax.TCHAR.encode("ascii") + b"*")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _DIGITS = re.compile(rb"[0-9]{1,19}")

@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from enclave import strict_json
+from enclave import http_syntax, strict_json
 from enclave.errors import EnclaveError
+from noflylist.config import DEFAULT_WORKERS, MAX_WORKERS, MIN_WORKERS
 from noflylist.decision import UNAVAILABLE, Listed, Refused, Unavailable, answer, decide
 from noflylist.lists import NOT_LOADED_YET, ListHolder
 from noflylist.metrics import Metrics
@@ -58,10 +59,6 @@ __all__ = ["DEFAULT_WORKERS", "DRAIN_TIMEOUT", "RouteHandler", "RouteResponse", 
 
 log = logging.getLogger(__name__)
 
-#: Worker threads for the routes that may take a while or wait (a manifest, /metrics and its
-#: gauges, extra routes such as one calling /dev/nsm); single-name screening and the health
-#: pages are answered on the connection loop. Under the GIL more threads add no speed.
-DEFAULT_WORKERS = 8
 #: How long ``shutdown`` waits for requests in progress (well under a SIGKILL grace period).
 DRAIN_TIMEOUT = 10.0
 #: Most names in one ``POST /v1/screen``: a large flight's manifest.
@@ -87,7 +84,7 @@ _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "cache-control", "x-content-type-options", "server",
      "date", "connection", "transfer-encoding"}
 )
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_NAME = http_syntax.TOKEN
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _ROUTE_PATH = re.compile(r"/[\x21-\x3e\x40-\x7e]*")  # what a request target can match, no '?'
@@ -431,8 +428,8 @@ class Server:
     ) -> None:
         if log_format not in ("text", "json"):
             raise ValueError("log_format must be 'text' or 'json'")
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        if not MIN_WORKERS <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be {MIN_WORKERS} to {MAX_WORKERS}")
         app = _App(
             holder,
             metrics,
