@@ -149,7 +149,7 @@ fetch_kernel() {
     mv "$tmp" "$KERNEL_DIR"
 }
 
-# -- initramfs: busybox, nsm.ko, Debian's python3, the project's enclave package -------------
+# -- initramfs: busybox, nsm.ko, Debian's python3, enclave/ and noflylist/client/ ------------
 
 # Copy the shared libraries an ELF file needs (as ldd resolves them on this Debian host).
 copy_libraries() {
@@ -187,6 +187,10 @@ build_initramfs() {
     "$HOST_PYTHON" "$HERE/guest_packages.py" "$root/opt/site" pytest cbor2 cryptography >/dev/null ||
         die "could not copy the guest's Python packages"
     cp -r "$ROOT/enclave" "$root/project/enclave"
+    # The verifier the guest's documents are checked with (the client side, not the image's).
+    mkdir -p "$root/project/noflylist"
+    cp "$ROOT/noflylist/__init__.py" "$root/project/noflylist/"
+    cp -r "$ROOT/noflylist/client" "$root/project/noflylist/client"
     cp "$HERE/guest_tests.py" "$root/project/tests/nsm_qemu/"
     # Byte-compile with the guest's interpreter: compiling at import is slow under TCG.
     find "$root/project" "$root/opt/site" -name __pycache__ -prune -exec rm -rf {} +
