@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave import cms
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import KMSClient, KMSError, Recipient
 from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
@@ -126,7 +126,7 @@ class UnsafeUnattestedDecryptor:
         return result.plaintext
 
 
-class AttestationModeError(EnclaveError):
+class AttestationModeError(NoflylistError):
     """The requested attestation mode cannot be used here; the message says what to do."""
 
 

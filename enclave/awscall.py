@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from enclave import http_client, sigv4
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.retry import RetryableFailure
 
 
-class AWSError(EnclaveError):
+class AWSError(NoflylistError):
     """An AWS call failed: ``code`` is the service's error code and ``status`` the HTTP
     status (both ``None`` for transport failures). Each client raises its own subclass."""
 
@@ -43,7 +43,7 @@ def send_signed(
     remaining: float,
     max_response_bytes: int,
     environ: Mapping[str, str],
-    error: Callable[[str], EnclaveError],
+    error: Callable[[str], NoflylistError],
 ) -> http_client.Response:
     """Send one signed request; any HTTP status is returned for the caller to read.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = [
     "CLASS_CONTEXT",
@@ -68,7 +68,7 @@ _INDEFINITE = 0x80
 _RESERVED_LENGTH = 0xFF
 
 
-class BERError(EnclaveError):
+class BERError(NoflylistError):
     """The input is not one well-formed BER value within this decoder's limits."""
 
 

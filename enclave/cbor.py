@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 #: Default nesting cap. NSM documents and COSE_Sign1 nest at most four deep; 32 leaves room
 #: while keeping the recursive decoder (about two Python frames a level) far below Python's
@@ -57,7 +57,7 @@ _FALSE, _TRUE, _NULL, _UNDEFINED = 20, 21, 22, 23
 _UINT64_LIMIT = 1 << 64
 
 
-class CBORError(EnclaveError):
+class CBORError(NoflylistError):
     """The bytes are not CBOR this codec accepts, or a value cannot be encoded."""
 
 

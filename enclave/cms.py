@@ -44,7 +44,7 @@ from enclave.ber import (
     decode_oid,
 )
 from enclave.ber import decode as decode_ber
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = [
     "DECRYPTION_FAILED",
@@ -87,7 +87,7 @@ DECRYPTION_FAILED = (
 )
 
 
-class CMSError(EnclaveError):
+class CMSError(NoflylistError):
     """The CMS EnvelopedData is malformed, not addressed to us, or does not decrypt."""
 
 

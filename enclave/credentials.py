@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from enclave import imds, sigv4
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.http_syntax import VISIBLE_ASCII
 
 # Defined and used in enclave.imds; importable from here as before.
@@ -71,7 +71,7 @@ IMDS_RETRY_PAUSE = 0.2
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 
 
-class CredentialsError(EnclaveError):
+class CredentialsError(NoflylistError):
     """AWS credentials or region could not be found, fetched or understood."""
 
 

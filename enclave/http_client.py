@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.http_syntax import DEFAULT_PORTS, TOKEN
 from enclave.proxy import Proxy, ProxyError, bracket_ipv6, parse_proxy, proxy_setting
 
@@ -67,7 +67,7 @@ _RESERVED_HEADERS = frozenset({"connection", "proxy-authorization", "transfer-en
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: (.*))?")
 
 
-class TransportError(EnclaveError):
+class TransportError(NoflylistError):
     """A request did not produce an HTTP response (or produced one we refuse to read).
 
     ``transient`` is True when a retry may succeed (connection refused or reset, timeouts, a

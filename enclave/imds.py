@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from enclave import http_client, sigv4, strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.http_syntax import VISIBLE_ASCII
 
 __all__ = [
@@ -65,7 +65,7 @@ _HOP_LIMIT_FIX = (
 )
 
 
-class ImdsError(EnclaveError):
+class ImdsError(NoflylistError):
     """IMDS could not be reached, refused us, or answered something we do not accept."""
 
 

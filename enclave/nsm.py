@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Protocol
 
 from enclave import cbor
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm_limits import (
     MAX_NONCE_BYTES,
     MAX_PUBLIC_KEY_BYTES,
@@ -74,7 +74,7 @@ ERROR_CODES = frozenset(
 _IoctlFunction = Callable[[int, int, bytearray], object]
 
 
-class NSMError(EnclaveError):
+class NSMError(NoflylistError):
     """The NSM could not be reached, refused a request, or answered something malformed."""
 
 

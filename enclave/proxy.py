@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = ["Proxy", "ProxyError", "bracket_ipv6", "parse_proxy", "proxy_setting"]
 
@@ -27,7 +27,7 @@ _DEFAULT_PROXY_PORT = 80  # a proxy URL is http:// (checked), so no port means H
 _PORT = re.compile(r"[0-9]{1,5}")  # a port in a no_proxy entry; larger numbers match no target
 
 
-class ProxyError(EnclaveError):
+class ProxyError(NoflylistError):
     """A proxy setting in the environment cannot be used; the message names the variable."""
 
 

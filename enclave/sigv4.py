@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.http_syntax import DEFAULT_PORTS, TOKEN, VISIBLE_ASCII
 
 __all__ = ["Credentials", "SigV4Error", "sign"]
@@ -81,7 +81,7 @@ _IPV6 = re.compile(r"[0-9a-f:.]+")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # controls and lone surrogates
 
 
-class SigV4Error(EnclaveError):
+class SigV4Error(NoflylistError):
     """A request or credential that cannot be signed as given; the message says what to fix."""
 
 

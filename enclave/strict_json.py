@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "JSONError", "loads"]
 
@@ -39,7 +39,7 @@ MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 32
 
 
-class JSONError(EnclaveError):
+class JSONError(NoflylistError):
     """The document is not JSON that this project accepts; the message says why and where."""
 
 

@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Mapping
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist import __version__
@@ -48,7 +48,7 @@ _HEX = re.compile(r"[0-9a-fA-F]*")
 _ERROR_TYPE = "text/plain; charset=utf-8"
 
 
-class AttestationRouteError(EnclaveError):
+class AttestationRouteError(NoflylistError):
     """The route was set up wrongly, or a request's nonce is refused."""
 
 
@@ -81,7 +81,7 @@ class AttestationRoute:
         )
         try:
             document = self._module.attestation(nonce=nonce, user_data=encode_user_data(served))
-        except EnclaveError as exc:
+        except NoflylistError as exc:
             _log.error("attestation document unavailable: %s", exc)
             reason = f"the NSM could not produce an attestation document: {exc}; retry later\n"
             return RouteResponse(503, _ERROR_TYPE, reason.encode(), mode_header)

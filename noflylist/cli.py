@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm import SecureModule
 from noflylist import __version__
 from noflylist.config import OPTIONS, build_serve_config
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return commands[args.command](args)
-    except EnclaveError as exc:
+    except NoflylistError as exc:
         print(f"noflylist {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from enclave.nsm import NSM_DEVICE_PATH
 
@@ -35,7 +35,7 @@ MAX_WORKERS = 256
 LOG_FORMATS = ("text", "json")
 
 
-class ConfigError(EnclaveError):
+class ConfigError(NoflylistError):
     """An option has a bad value; the message names the flag and its variable."""
 
 

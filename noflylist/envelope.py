@@ -47,7 +47,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave import strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.wire import MAX_SERIAL
 
 FORMAT_V2 = "noflylist-envelope-v2"
@@ -85,7 +85,7 @@ _V2_FIELDS = frozenset(
 )
 
 
-class EnvelopeError(EnclaveError):
+class EnvelopeError(NoflylistError):
     """The envelope is malformed, or it does not decrypt. The message says which part."""
 
 

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist import envelope
 from noflylist.metrics import Metrics
 from noflylist.sources import Source
@@ -70,11 +70,11 @@ NOT_LOADED_YET = "no list loaded yet"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class RollbackError(EnclaveError):
+class RollbackError(NoflylistError):
     """The envelope is older than the list in service."""
 
 
-class LoadError(EnclaveError):
+class LoadError(NoflylistError):
     """A load failed with an exception no module raised as its own error: a bug, or an
     input a parser did not bound. The message names the type and place, never the text."""
 
@@ -222,14 +222,14 @@ class ListHolder:
         if a new list is in service.
 
         Raises the cause on failure (after logging and counting it), as a
-        :class:`LoadError` if it is not an :class:`EnclaveError`; the list in service, if
+        :class:`LoadError` if it is not a :class:`NoflylistError`; the list in service, if
         any, stays.
         """
         with self._load_lock:
             unexpected: str | None = None
             try:
                 loaded = self._load(only_if_changed=only_if_changed)
-            except EnclaveError as exc:
+            except NoflylistError as exc:
                 outcome = "refused" if isinstance(exc, RollbackError) else "failed"
                 self._finish(outcome, str(exc))
                 log.error(
@@ -480,7 +480,7 @@ def refresh_loop(
             continue
         try:
             holder.reload(only_if_changed=not forced)
-        except EnclaveError:
+        except NoflylistError:
             pass  # already logged and counted; the old list stays in service
         except Exception as exc:  # a bug outside reload's own boundary: count it, go on
             holder.note_loop_failure(exc, "the refresh loop")

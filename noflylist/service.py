@@ -36,7 +36,7 @@ from types import FrameType
 from enclave import http_client
 from enclave.attested_decrypt import Decryptor, make_decryptor, open_module
 from enclave.credentials import CredentialProvider, region_from_environment, region_from_imds
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import KMSClient, key_region
 from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
@@ -200,7 +200,7 @@ class Service:
         """One attempt at the first load; ``True`` once a list is in service."""
         try:
             return self.holder.reload(only_if_changed=False)
-        except EnclaveError:
+        except NoflylistError:
             return False  # logged and counted by the holder
         except Exception as exc:  # a bug outside reload's own boundary: count it, go on
             self.holder.note_loop_failure(exc, "the first load")

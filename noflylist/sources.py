@@ -19,14 +19,14 @@ from typing import Protocol
 
 from enclave import http_client
 from enclave.awscall import CredentialSource
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.s3 import S3Client, parse_s3_url
 from noflylist.envelope import MAX_ENVELOPE_BYTES
 
 _MODIFIED = "modified:"
 
 
-class SourceError(EnclaveError):
+class SourceError(NoflylistError):
     """The envelope could not be fetched; the message names the source and the cause."""
 
 

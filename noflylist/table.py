@@ -31,7 +31,7 @@ import random
 import secrets
 from collections.abc import Iterable
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.decision import normalize
 
 #: BLAKE2b key length: 256 bits, so nobody can recompute a fingerprint without the key.
@@ -60,7 +60,7 @@ _MAX_BUILD_ATTEMPTS = 32
 _GROWTH_PER_ATTEMPT = 1.10
 
 
-class ScreeningError(EnclaveError):
+class ScreeningError(NoflylistError):
     """The screening table could not be built."""
 
 

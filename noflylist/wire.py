@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from enclave import cbor
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = [
     "ATTESTATION_PATH",
@@ -70,7 +70,7 @@ _MAX_USER_DATA_ITEMS = 8
 _USER_DATA_KEYS = ("envelope_sha256", "serial", "version")
 
 
-class UserDataError(EnclaveError):
+class UserDataError(NoflylistError):
     """``user_data`` is not the map this service writes."""
 
 

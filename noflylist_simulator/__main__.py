@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from noflylist import cli
 from noflylist.config import OPTIONS, build_serve_config
@@ -34,13 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = build_serve_config({name: getattr(args, name) for name in OPTIONS})
         if config.attestation != AttestationMode.SIMULATED or config.simulator_state is None:
-            raise EnclaveError(
+            raise NoflylistError(
                 "this entry point runs the simulator's NSM: pass --attestation simulated "
                 "--simulator-state DIR (for the real NSM, run `noflylist serve`)"
             )
         module = SimulatedNSM(load_or_create(Path(config.simulator_state) / "ca"))
         return cli.serve(args, simulated_module=module)
-    except EnclaveError as exc:
+    except NoflylistError as exc:
         print(f"noflylist_simulator serve: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist_simulator.files import (
     PRIVATE_FILE_MODE,
     PRIVATE_FOLDER_MODE,
@@ -49,7 +49,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 _ORGANIZATION = "noflylist SIMULATED NSM (not AWS; proves nothing)"
 
 
-class SimulatedCAError(EnclaveError):
+class SimulatedCAError(NoflylistError):
     """The simulated CA's state folder cannot be used as it is."""
 
 

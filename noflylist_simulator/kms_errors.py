@@ -11,12 +11,12 @@ answer, and one without into a 500 (unusable state). Callers import it from
 
 from __future__ import annotations
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = ["LocalKMSError", "fault"]
 
 
-class LocalKMSError(EnclaveError):
+class LocalKMSError(NoflylistError):
     """A request the local KMS refuses (``code`` is KMS's error code), or unusable state."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:

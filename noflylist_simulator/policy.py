@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm_limits import MAX_PCRS
 from noflylist.tools.policy import MAX_POLICY_BYTES
 
@@ -64,7 +64,7 @@ _STRING_OPERATORS = {
 _ANY_VALUE = "ForAnyValue:"
 
 
-class PolicyError(EnclaveError):
+class PolicyError(NoflylistError):
     """A policy document is not a key policy this simulator can store; the message says why."""
 
 

@@ -43,7 +43,7 @@ from enclave import credentials, http_client
 from enclave.attested_decrypt import AttestedDecryptor
 from enclave.awscall import CredentialSource
 from enclave.credentials import CredentialProvider
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import KMSClient, KMSError
 from enclave.modes import AttestationMode
 from enclave.retry import RetryPolicy
@@ -381,7 +381,7 @@ def test_kms_refusals_fail_closed_at_once_with_a_log_line_naming_the_cause(
 ) -> None:  # fmt: skip
     holder = holder_for(file_source(tmp_path, sealed(keys, OLD_LIST, 1)), kms, nsm)
     kms.script = [fault]
-    with caplog.at_level(logging.INFO), pytest.raises(EnclaveError) as raised:
+    with caplog.at_level(logging.INFO), pytest.raises(NoflylistError) as raised:
         holder.reload(only_if_changed=False)
     assert kms.calls == 1, "a refusal must not be retried"
     assert holder.current is None and screen(holder, OLD_LIST[0]) is None
@@ -418,7 +418,7 @@ def test_kms_failing_during_a_refresh_keeps_the_old_list_in_service(
     holder.reload(only_if_changed=False)
     (tmp_path / "envelope.json").write_bytes(sealed(keys, NEW_LIST, 2))
     kms.script = ["throttling"] * 1000 if fault == "throttling-forever" else [fault]
-    with caplog.at_level(logging.INFO), pytest.raises(EnclaveError):
+    with caplog.at_level(logging.INFO), pytest.raises(NoflylistError):
         holder.reload(only_if_changed=True)
     assert holder.current is not None and holder.current.serial == 1
     assert serves(holder, OLD_LIST, NEW_LIST)
@@ -664,7 +664,7 @@ def test_s3_refusals_at_start_fail_closed_naming_the_object_and_the_fix(
 ) -> None:  # fmt: skip
     s3.status = status
     holder = holder_for(s3_source(s3), kms, nsm)
-    with caplog.at_level(logging.INFO), pytest.raises(EnclaveError):
+    with caplog.at_level(logging.INFO), pytest.raises(NoflylistError):
         holder.reload(only_if_changed=False)
     assert s3.gets == 1 and kms.calls == 0 and screen(holder, OLD_LIST[0]) is None
     (line,) = error_lines(caplog)
@@ -689,7 +689,7 @@ def test_s3_failing_during_refresh_keeps_the_old_list(
     holder.reload(only_if_changed=False)
     for status in (404, 403, 500):
         s3.status = status
-        with pytest.raises(EnclaveError):
+        with pytest.raises(NoflylistError):
             holder.reload(only_if_changed=True)
         assert serves(holder, OLD_LIST, NEW_LIST)
     assert holder._metrics.events(LOADS, "failed") == 3
@@ -711,7 +711,7 @@ def test_s3_etag_flapping_during_a_refresh_neither_rolls_back_nor_decrypts_again
         for _ in range(6):
             try:
                 outcomes.append(holder.reload(only_if_changed=True))
-            except EnclaveError as exc:
+            except NoflylistError as exc:
                 outcomes.append(type(exc).__name__)
             assert holder.current is not None and holder.current.serial == 2
     assert outcomes[0] is True and outcomes.count(True) == 1

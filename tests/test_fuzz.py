@@ -57,7 +57,7 @@ from hypothesis import strategies as st
 
 from enclave import ber, cbor, cms, imds
 from enclave.ber import TLV
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import DataKey
 from noflylist import decision, envelope, wire
 from noflylist.client import attestation, cose
@@ -250,7 +250,7 @@ def fuzz_http_app(data: bytes) -> None:
 
 
 #: Target name -> (function, the only exception type it may raise).
-TARGETS: dict[str, tuple[Callable[[bytes], None], type[EnclaveError]]] = {
+TARGETS: dict[str, tuple[Callable[[bytes], None], type[NoflylistError]]] = {
     "cbor": (fuzz_cbor, cbor.CBORError),
     "ber": (fuzz_ber, ber.BERError),
     "cms-parse": (fuzz_cms_parse, cms.CMSError),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist import envelope
 from noflylist.lists import (
     LOADS,
@@ -103,7 +103,7 @@ def test_a_broken_new_envelope_keeps_the_old_list(
     write(rig.path, rig.kms, ["bert"], serial=1)
     rig.holder.reload(only_if_changed=False)
     rig.path.write_bytes(b'{"format": "noflylist-envelope-v2"}')
-    with caplog.at_level(logging.ERROR), pytest.raises(EnclaveError):
+    with caplog.at_level(logging.ERROR), pytest.raises(NoflylistError):
         rig.holder.reload(only_if_changed=True)
     assert screen(rig.holder, "bert") is True
     assert "keeping the list in service" in caplog.text
@@ -183,7 +183,7 @@ def test_a_pinned_key_id_is_what_kms_is_asked_for(tmp_path: Path) -> None:
     path = tmp_path / "envelope.json"
     write(path, kms, ["bert"], serial=1)
     pinned = ListHolder(FileSource(str(path)), kms, Metrics(), pinned_key_id="alias/other")
-    with pytest.raises(EnclaveError, match="IncorrectKeyException"):
+    with pytest.raises(NoflylistError, match="IncorrectKeyException"):
         pinned.reload(only_if_changed=False)
     assert screen(pinned, "bert") is None
 
@@ -230,7 +230,7 @@ def test_an_envelope_that_breaks_the_parser_fails_closed_is_counted_and_the_old_
     write(rig.path, rig.kms, ["bert"], serial=1)
     rig.holder.reload(only_if_changed=False)
     rig.path.write_bytes(hostile_to_todays_parser(rig.kms)[kind])
-    with caplog.at_level(logging.INFO), pytest.raises(EnclaveError):
+    with caplog.at_level(logging.INFO), pytest.raises(NoflylistError):
         rig.holder.reload(only_if_changed=True)
     assert screen(rig.holder, "bert") is True and rig.holder.current is not None
     assert rig.metrics.events(LOADS, "failed") == 1
@@ -332,7 +332,7 @@ def test_load_state_gauges_show_the_last_outcome_its_time_and_the_list_age(rig: 
     assert 0.0 <= gauge("noflylist_list_age_seconds") < 5.0
     rig.path.write_bytes(b"not an envelope")
     for attempt in (1, 2):
-        with pytest.raises(EnclaveError):
+        with pytest.raises(NoflylistError):
             rig.holder.reload(only_if_changed=True)
         assert gauge("noflylist_list_failures_in_a_row") == attempt
     assert gauge("noflylist_list_last_load_success") == 0.0
@@ -352,13 +352,13 @@ def test_an_opener_is_called_by_each_load_until_it_succeeds_then_never_again(rig
     def opener() -> tuple[FileSource, FakeDataKeys]:
         calls.append(1)
         if len(calls) < 3:
-            raise EnclaveError("no AWS region yet: the instance metadata service is not up")
+            raise NoflylistError("no AWS region yet: the instance metadata service is not up")
         return FileSource(str(rig.path)), rig.kms
 
     holder = ListHolder(None, None, rig.metrics, opener=opener)
     assert holder.source is None
     for _ in range(2):
-        with pytest.raises(EnclaveError, match="no AWS region yet"):
+        with pytest.raises(NoflylistError, match="no AWS region yet"):
             holder.reload(only_if_changed=False)
     assert holder.last_error and "no AWS region yet" in holder.last_error
     assert rig.metrics.events(LOADS, "failed") == 2 and screen(holder, "bert") is None

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from enclave import credentials
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import key_region
 from enclave.modes import AttestationMode
 from noflylist.config import ServeConfig
@@ -269,7 +269,7 @@ def test_a_malformed_setting_fails_the_service_at_construction_naming_it(
                **environ}  # fmt: skip
     config = ServeConfig(envelope=str(envelope_file), port=0,
                          attestation=AttestationMode.UNSAFE_NONE)  # fmt: skip
-    with pytest.raises(EnclaveError) as raised:
+    with pytest.raises(NoflylistError) as raised:
         Service(config, environ=environ)
     assert words in str(raised.value)
 
@@ -283,7 +283,7 @@ def test_a_malformed_envelope_location_fails_the_service_at_construction(
     location: str, words: str
 ) -> None:
     config = ServeConfig(envelope=location, port=0, attestation=AttestationMode.UNSAFE_NONE)
-    with pytest.raises(EnclaveError, match=words):
+    with pytest.raises(NoflylistError, match=words):
         Service(config, environ={"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"})
 
 

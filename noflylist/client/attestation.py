@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from enclave.cbor import CBORError, CBORValue, decode, encode
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm_limits import MAX_NONCE_BYTES, MAX_PCRS, MAX_PUBLIC_KEY_BYTES, MAX_USER_DATA_BYTES
 from noflylist.client.cose import (
     ALG_ES384,
@@ -97,7 +97,7 @@ _X509_FAILURES = (
 )
 
 
-class AttestationError(EnclaveError):
+class AttestationError(NoflylistError):
     """An attestation document failed verification; the message names the step and the fix."""
 
 

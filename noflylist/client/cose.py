@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave.cbor import CBORError, CBORValue, Tag, decode, encode
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = [
     "ALG_ES384",
@@ -46,7 +46,7 @@ P384_SCALAR_BYTES = 48
 _CONTEXT_SIGNATURE1 = "Signature1"
 
 
-class COSEError(EnclaveError):
+class COSEError(NoflylistError):
     """A COSE_Sign1 structure is malformed, unsupported, or its signature does not verify."""
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import stat
 from typing import BinaryIO
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.tools.oci import Blob
 
 MAGIC = b"070701"
@@ -36,7 +36,7 @@ _TYPES = {
 _CHUNK_BYTES = 1024 * 1024
 
 
-class CpioError(EnclaveError):
+class CpioError(NoflylistError):
     """An entry cannot be written in newc (too large, or a bad name or type)."""
 
 

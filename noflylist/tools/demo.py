@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import KMSClient
 from enclave.modes import AttestationMode
 from enclave.sigv4 import Credentials
@@ -74,7 +74,7 @@ def _require_simulator() -> None:
     try:
         import noflylist_simulator  # noqa: F401
     except ImportError:
-        raise EnclaveError(
+        raise NoflylistError(
             "the demo needs the enclave simulator, which is not installed here (it is "
             "deliberately left out of the enclave image); run it from a checkout"
         ) from None

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from enclave import ber, cbor, strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm_limits import PCR_BYTES
 
 MAGIC = b".eif"
@@ -85,7 +85,7 @@ _METADATA_KEYS = ("ImageName", "ImageVersion", "BuildMetadata", "DockerInfo", "C
 _BUILD_KEYS = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")
 
 
-class EIFError(EnclaveError):
+class EIFError(NoflylistError):
     """The file is not an EIF this reader accepts (corrupt, truncated, or unknown layout)."""
 
 

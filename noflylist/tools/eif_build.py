@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist import __version__
 from noflylist.tools import eif_write, layers, oci
 from noflylist.tools.cpio import CpioWriter
@@ -65,7 +65,7 @@ BUILD_TOOL = "noflylist eif build"
 MAX_SMALL_FILE_BYTES = 64 * 1024 * 1024
 
 
-class BuildError(EnclaveError):
+class BuildError(NoflylistError):
     """An input is missing or not what the build needs."""
 
 

@@ -21,7 +21,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.tools.oci import Blob
 
 #: Most entries in the merged tree; python:3.12-slim has about 5,000.
@@ -43,7 +43,7 @@ _KINDS = {
 }
 
 
-class LayerError(EnclaveError):
+class LayerError(NoflylistError):
     """A layer cannot be applied: a bad name, an unknown entry type, or too many entries."""
 
 

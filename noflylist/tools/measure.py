@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.tools import eif, layers, oci
 
 #: Where `enclaver build` puts the EIF and the manifest in a release image.
@@ -36,7 +36,7 @@ RELEASE_MANIFEST = "enclave/enclaver.yaml"
 HASH_ALGORITHM = "Sha384 { ... }"
 
 
-class MeasureError(EnclaveError):
+class MeasureError(NoflylistError):
     """FILE is neither an EIF nor an image with one at /enclave/application.eif."""
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from enclave import strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 #: Largest index, manifest or config accepted; real ones are a few KiB.
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
@@ -48,7 +48,7 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
-class OCIError(EnclaveError):
+class OCIError(NoflylistError):
     """The image cannot be read, or a blob is not what its digest says."""
 
 

@@ -64,7 +64,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from enclave import strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.nsm_limits import MAX_PCRS, PCR_BYTES
 
 __all__ = [
@@ -149,7 +149,7 @@ _ROLE_ARN = re.compile(
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
-class PolicyError(EnclaveError):
+class PolicyError(NoflylistError):
     """An input to the key policy is invalid; the message names the flag and what to give."""
 
 
@@ -271,7 +271,7 @@ def measurements_from_eif(path: Path, flag: str) -> dict[int, bytes]:
 
     try:
         found, _ = measure(path)
-    except (EnclaveError, OSError) as exc:
+    except (NoflylistError, OSError) as exc:
         raise PolicyError(f"{flag}: {exc}") from None
     texts = {0: found.measurements.pcr0, 1: found.measurements.pcr1, 2: found.measurements.pcr2}
     if found.measurements.pcr8 is not None:

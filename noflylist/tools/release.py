@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from enclave import strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.tools import eif
 from noflylist.tools.measure import RELEASE_EIF, RELEASE_MANIFEST
 
@@ -94,7 +94,7 @@ _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 
 
-class ReleaseError(EnclaveError):
+class ReleaseError(NoflylistError):
     """The release image cannot be made from these inputs; the message says why and the fix."""
 
 

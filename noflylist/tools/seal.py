@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.kms import DataKey
 from noflylist.cli import Handler, setup_logging
 from noflylist.envelope import (
@@ -158,7 +158,7 @@ class _BotocoreDataKeys:
         try:
             self._client = session.create_client("kms", region_name=region)
         except BotoCoreError as exc:
-            raise EnclaveError(f"cannot make a KMS client with botocore: {exc}") from None
+            raise NoflylistError(f"cannot make a KMS client with botocore: {exc}") from None
 
     def generate_data_key(
         self, key_id: str, *, encryption_context: Mapping[str, str] | None = None
@@ -171,7 +171,7 @@ class _BotocoreDataKeys:
         try:
             answer = self._client.generate_data_key(**kwargs)
         except (BotoCoreError, ClientError) as exc:
-            raise EnclaveError(f"KMS GenerateDataKey through botocore failed: {exc}") from None
+            raise NoflylistError(f"KMS GenerateDataKey through botocore failed: {exc}") from None
         return DataKey(answer["KeyId"], answer["CiphertextBlob"], answer["Plaintext"], None)
 
 
@@ -180,7 +180,7 @@ def _data_key_source(profile: str | None) -> DataKeySource:
         return _BotocoreDataKeys(profile)
     except ImportError:
         if profile:
-            raise EnclaveError("--profile needs botocore: pip install botocore") from None
+            raise NoflylistError("--profile needs botocore: pip install botocore") from None
     from enclave.credentials import CredentialProvider, resolve_region
     from enclave.kms import KMSClient
 

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from enclave import http_client
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from noflylist.cli import Handler
 from noflylist.client.attestation import AttestationDocument, AttestationError, verify
@@ -60,7 +60,7 @@ _PREVIEW_CHARS = 160
 _CBOR_STARTS = (0x84, 0xD2)
 
 
-class TrustError(EnclaveError):
+class TrustError(NoflylistError):
     """A document did not verify or a command's input is unusable; the message says why."""
 
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from enclave import http_syntax
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -70,7 +70,7 @@ _LEADING_CRLFS = re.compile(rb"(?:\r\n)*")
 _SINGLE_FIELDS = frozenset({"content-length", "host", "content-type", "expect"})
 
 
-class RequestError(EnclaveError):
+class RequestError(NoflylistError):
     """A request the parser refuses; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from enclave import http_syntax, strict_json
-from enclave.errors import EnclaveError
+from enclave.errors import NoflylistError
 from noflylist.config import DEFAULT_WORKERS, MAX_WORKERS, MIN_WORKERS
 from noflylist.decision import UNAVAILABLE, Listed, Refused, Unavailable, answer, decide
 from noflylist.lists import NOT_LOADED_YET, ListHolder
@@ -104,7 +104,7 @@ class RouteResponse(NamedTuple):
 RouteHandler = Callable[[Mapping[str, list[str]], Mapping[str, str]], RouteResponse]
 
 
-class RequestRejected(EnclaveError):
+class RequestRejected(NoflylistError):
     """A request this module refuses; ``status`` and a reason that never echoes the input."""
 
     def __init__(self, status: int, reason: str) -> None:
