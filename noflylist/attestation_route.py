@@ -27,7 +27,7 @@ from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist import __version__
 from noflylist.lists import ListHolder
-from noflylist.transport.server import RouteResponse
+from noflylist.routes import RouteResponse
 from noflylist.wire import (
     CBOR_TYPE,
     MAX_NONCE_BYTES,
@@ -66,7 +66,7 @@ class AttestationRoute:
         self._mode = mode
 
     def __call__(self, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> RouteResponse:
-        """A :data:`noflylist.transport.server.RouteHandler`: 200 with the document, 400 for a bad
+        """A :data:`noflylist.routes.RouteHandler`: 200 with the document, 400 for a bad
         nonce, 503 if the NSM fails. ``headers`` has lower-case names, as the server gives."""
         mode_header = {MODE_HEADER: str(self._mode)}
         try:

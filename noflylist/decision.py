@@ -2,7 +2,7 @@
 
 This is the file to read first. :func:`decide` is the only function in the service that
 turns a name into a verdict; both screening routes (``GET /enclave/passenger`` and
-``POST /v1/screen``, in :mod:`noflylist.transport.server`) call it and act on what it returns,
+``POST /v1/screen``, in :mod:`noflylist.routes`) call it and act on what it returns,
 and nothing else looks a name up. It has no I/O and imports only the standard library: the
 list arrives as a :class:`Lookup` (the keyed-digest table of :mod:`noflylist.table`, built
 with this file's :func:`normalize`) or as ``None`` while no list is loaded, and a query

@@ -44,8 +44,9 @@ from noflylist.attestation_route import AttestationRoute
 from noflylist.config import ServeConfig
 from noflylist.lists import ListHolder, refresh_loop
 from noflylist.metrics import Metrics
+from noflylist.routes import RouteHandler, Routes
 from noflylist.sources import Source, check_location, open_source
-from noflylist.transport.server import RouteHandler, Server
+from noflylist.transport.server import Server
 from noflylist.wire import ATTESTATION_PATH
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,14 @@ class Service:
         self.holder = ListHolder(
             None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open
         )
-        self.server = Server(
+        routes = Routes(
             self.holder,
             self.metrics,
-            host=config.host,
-            port=config.port,
-            workers=config.workers,
             log_format=config.log_format,
             extra_routes=_attestation_routes(self._module, self.holder, config.attestation),
+        )
+        self.server = Server(
+            routes, self.metrics, host=config.host, port=config.port, workers=config.workers
         )
         self._stop = threading.Event()
         self._wake = threading.Event()

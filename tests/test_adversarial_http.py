@@ -25,11 +25,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
+from noflylist.routes import Routes
 from noflylist.sources import FileSource
 from noflylist.tools import seal
 from noflylist.transport import loop as connections
@@ -58,15 +60,16 @@ class Answer:
     closed: bool  # the server closed the connection after this answer
 
 
-def start_server(tmp_path: Path, **server_options: object) -> tuple[Server, threading.Thread]:
-    """A loaded service on a free loopback port (FakeDataKeys stands in for KMS)."""
+def start_server(tmp_path: Path, **routes_options: Any) -> tuple[Server, threading.Thread]:
+    """A loaded service on a free loopback port (FakeDataKeys stands in for KMS);
+    ``routes_options`` go to :class:`Routes`."""
     kms = FakeDataKeys()
     path = tmp_path / "envelope.json"
     path.write_bytes(seal.seal_v2(LISTED, kms, "k", serial=1))
     metrics = Metrics()
     holder = ListHolder(FileSource(str(path)), kms, metrics)
     holder.reload(only_if_changed=False)
-    server = Server(holder, metrics, host="127.0.0.1", port=0, **server_options)  # type: ignore[arg-type]
+    server = Server(Routes(holder, metrics, **routes_options), metrics, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, name="server-under-test", daemon=True)
     thread.start()
     return server, thread

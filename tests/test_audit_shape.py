@@ -96,7 +96,8 @@ def test_serve_imports_no_tool_verifier_or_simulator_while_it_answers_every_rout
                         "/enclave/passenger?name=Big+Bird": 503, "/no/such/route": 404}, stderr
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)$", stderr, re.M))
     # A positive control, so that a change in -X importtime's output cannot pass this test.
-    assert {"noflylist.decision", "noflylist.transport.server", "enclave.kms"} <= imported
+    assert {"noflylist.decision", "noflylist.routes", "noflylist.transport.server",
+            "enclave.kms"} <= imported  # fmt: skip
     leaked = sorted(name for name in imported if name.startswith(NOT_IN_THE_IMAGE))
     assert leaked == [], "serve imported code that is not in the image"
 
@@ -120,6 +121,16 @@ def test_no_runtime_module_but_the_decision_looks_a_name_up() -> None:
         and path.name != "table.py"  # its contains() is contains_normalised(normalize(...))
     )  # fmt: skip
     assert callers == ["noflylist/decision.py"]
+
+
+def test_the_transport_imports_neither_the_routes_nor_the_decision() -> None:
+    """The direction is service -> routes -> decision, and service -> transport: the socket
+    code is handed the routes, so it cannot decide anything itself."""
+    files = sorted((ROOT / "noflylist" / "transport").glob("*.py"))
+    imported = {name for path in files for name in _imports(path)}
+    assert "noflylist.transport.framing" in imported  # a positive control
+    assert sorted(imported & {"noflylist.routes", "noflylist.decision", "noflylist.lists",
+                              "noflylist.table"}) == []  # fmt: skip
 
 
 def test_the_wire_format_imports_nothing_of_the_server() -> None:

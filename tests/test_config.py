@@ -130,11 +130,13 @@ def test_a_worker_count_outside_one_to_max_workers_is_refused_with_the_range(wor
 
 
 def test_the_server_and_the_configuration_have_one_set_of_defaults() -> None:
+    from noflylist.routes import Routes
     from noflylist.transport.server import Server
 
     defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature(Server).parameters.items()
+        for made in (Server, Routes)
+        for name, parameter in inspect.signature(made).parameters.items()
         if parameter.default is not inspect.Parameter.empty
     }
     built = build_serve_config({"envelope": "e", "attestation": "unsafe-none"}, {})

@@ -455,13 +455,14 @@ def test_a_refresh_that_failed_is_tried_again_at_the_next_poll_not_skipped_as_un
 def test_http_answers_503_never_cleared_while_no_list_could_be_loaded(
     tmp_path: Path, kms: FaultyKMS, keys: FakeDataKeys, nsm: SimulatedNSM
 ) -> None:
+    from noflylist.routes import Routes
     from noflylist.transport.server import Server
 
     holder = holder_for(file_source(tmp_path, sealed(keys, OLD_LIST, 1)), kms, nsm)
     kms.script = ["access-denied"]
     with pytest.raises(KMSError):
         holder.reload(only_if_changed=False)
-    server = Server(holder, holder._metrics, host="127.0.0.1", port=0)
+    server = Server(Routes(holder, holder._metrics), holder._metrics, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -59,14 +59,13 @@ from enclave import ber, cbor, cms, imds
 from enclave.ber import TLV
 from enclave.errors import NoflylistError
 from enclave.kms import DataKey
-from noflylist import decision, envelope, wire
+from noflylist import decision, envelope, routes, wire
 from noflylist.client import attestation, cose
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
 from noflylist.sources import FileSource
 from noflylist.tools import seal
 from noflylist.transport import framing as http_framing
-from noflylist.transport import server
 from noflylist_simulator.cms_writer import encode_enveloped_data
 from tests.conftest import VECTORS
 from tests.support import ber_tree
@@ -105,7 +104,7 @@ class _FixedKey:
 
 
 @functools.cache
-def _app() -> server._App:
+def _app() -> routes.Routes:
     """The HTTP application over a loaded list, without sockets."""
     import logging
 
@@ -118,7 +117,7 @@ def _app() -> server._App:
     holder.reload(only_if_changed=False)
     quiet = logging.getLogger("test.fuzz.access")
     quiet.setLevel(logging.WARNING)
-    return server._App(holder, metrics, quiet, False, {})
+    return routes.Routes(holder, metrics, access_log=quiet)
 
 
 _NITRO = ("production-2022-10-13.cbor", "production-2023-01-18.cbor", "debug-2022-10-12.cbor")
@@ -215,7 +214,7 @@ def fuzz_http_framing(data: bytes) -> None:
 def fuzz_query(data: bytes) -> None:
     # The request target is visible ASCII by the time the query is parsed (http_framing.py).
     query = bytes(b for b in data if 0x21 <= b <= 0x7E).decode("ascii")
-    for names in server._parse_query(query).values():
+    for names in routes._parse_query(query).values():
         for name in names:  # admission never raises: a verdict for every name
             verdict = decision.decide(None, name)
             assert isinstance(verdict, (decision.Refused, decision.Unavailable))
@@ -224,7 +223,7 @@ def fuzz_query(data: bytes) -> None:
 def fuzz_json_body(data: bytes) -> None:
     headers = {"content-type": "application/json"}
     request = http_framing.Request("POST", "/v1/screen", False, headers, data, True, 0.0)
-    names = server._parse_manifest(request)
+    names = routes._parse_manifest(request)
     assert names and all(isinstance(name, str) for name in names)
 
 
@@ -261,8 +260,8 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[NoflylistError]]] = {
     "imds": (fuzz_imds, imds.ImdsError),
     "user-data": (fuzz_user_data, wire.UserDataError),
     "http-framing": (fuzz_http_framing, http_framing.RequestError),
-    "query": (fuzz_query, server.RequestRejected),
-    "json-body": (fuzz_json_body, server.RequestRejected),
+    "query": (fuzz_query, routes.RequestRejected),
+    "json-body": (fuzz_json_body, routes.RequestRejected),
     "http-app": (fuzz_http_app, http_framing.RequestError),
 }
 

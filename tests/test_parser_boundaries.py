@@ -15,10 +15,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from noflylist import wire
+from noflylist import routes, wire
 from noflylist.envelope import MAX_COUNT
 from noflylist.tools import policy
-from noflylist.transport import framing, server
+from noflylist.transport import framing
 from noflylist.wire import ServedList, UserDataError, decode_user_data
 
 #: Put into hostile inputs; no error message may quote it.
@@ -119,8 +119,8 @@ def test_an_unforeseen_failure_reading_user_data_names_only_its_type(
 def _manifest_refusal(body: bytes) -> str:
     headers = {"content-type": "application/json"}
     request = framing.Request("POST", "/v1/screen", False, headers, body, True, 0.0)
-    with pytest.raises(server.RequestRejected) as caught:
-        server._parse_manifest(request)
+    with pytest.raises(routes.RequestRejected) as caught:
+        routes._parse_manifest(request)
     assert caught.value.status == 400
     _no_chain(caught.value)
     assert MARKER not in str(caught.value)
@@ -155,7 +155,7 @@ def test_every_truncation_of_a_manifest_is_400() -> None:
     request = framing.Request(
         "POST", "/v1/screen", False, {"content-type": "application/json"}, MANIFEST, True, 0.0
     )
-    assert server._parse_manifest(request) == [MARKER, "Kermit"]
+    assert routes._parse_manifest(request) == [MARKER, "Kermit"]
     for end in range(len(MANIFEST)):
         _manifest_refusal(MANIFEST[:end])
 

@@ -145,6 +145,7 @@ def _child(seed: int, query_listed: bool) -> None:
 
     from noflylist.lists import ListHolder
     from noflylist.metrics import Metrics
+    from noflylist.routes import Routes
     from noflylist.sources import FileSource
     from noflylist.transport.server import Server
 
@@ -157,7 +158,8 @@ def _child(seed: int, query_listed: bool) -> None:
                                       serial=1))  # fmt: skip
     holder = ListHolder(FileSource(str(path)), kms, Metrics())
     holder.reload(only_if_changed=False)
-    server = Server(holder, Metrics(), host="127.0.0.1", port=0)
+    metrics = Metrics()
+    server = Server(Routes(holder, metrics), metrics, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     connection = http.client.HTTPConnection(*server.address, timeout=10)

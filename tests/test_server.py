@@ -33,12 +33,13 @@ from hypothesis import strategies as st
 
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
+from noflylist.routes import RouteResponse, Routes
 from noflylist.sources import FileSource, SourceError
 from noflylist.table import normalize
 from noflylist.tools import seal
 from noflylist.transport import framing
 from noflylist.transport import loop as connections
-from noflylist.transport.server import RouteResponse, Server
+from noflylist.transport.server import Server
 from tests.support.fake_kms import FakeDataKeys
 
 
@@ -81,13 +82,14 @@ class Rig:
 
 
 @contextmanager
-def running(*, load: bool = True, **options: Any) -> Iterator[Rig]:
-    """A server on a free loopback port, its list from an envelope file (not yet written)."""
+def running(*, load: bool = True, **routes_options: Any) -> Iterator[Rig]:
+    """A server on a free loopback port, its list from an envelope file (not yet written);
+    ``routes_options`` go to :class:`Routes`."""
     kms, metrics = FakeDataKeys(), Metrics()
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "envelope.json"
         holder = ListHolder(FileSource(str(path)), kms, metrics)
-        server = Server(holder, metrics, port=0, **options)
+        server = Server(Routes(holder, metrics, **routes_options), metrics, port=0)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         rig = Rig(server, holder, metrics, path, kms, thread)
@@ -1053,7 +1055,7 @@ def test_an_extra_route_gets_the_parsed_query_and_headers() -> None:
         assert request(rig.port, "GET", "/broken").status == 500
         assert "/enclave/attestation" in request(rig.port, "GET", "/").text
     with pytest.raises(ValueError, match="new path"):
-        Server(rig.holder, rig.metrics, port=0, extra_routes={"/healthz": attestation})
+        Routes(rig.holder, rig.metrics, extra_routes={"/healthz": attestation})
 
 
 def test_shutdown_drains_a_request_in_progress_and_closes_idle_connections() -> None:

@@ -29,9 +29,10 @@ from noflylist.attestation_route import AttestationRoute, AttestationRouteError
 from noflylist.client.attestation import verify
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
+from noflylist.routes import RouteHandler, RouteResponse, Routes
 from noflylist.sources import FileSource
 from noflylist.tools import seal
-from noflylist.transport.server import RouteHandler, RouteResponse, Server
+from noflylist.transport.server import Server
 from noflylist.wire import ATTESTATION_PATH as PATH
 from noflylist.wire import MODE_HEADER, ServedList, UserDataError, decode_user_data
 from noflylist_simulator.ca import SimulatedCA, load_or_create
@@ -410,11 +411,10 @@ class _Service:
     def __init__(self, holder: ListHolder, route: RouteHandler, root_pem: Path) -> None:
         self.metrics = Metrics()
         self.server = Server(
-            holder,
+            Routes(holder, self.metrics, extra_routes={PATH: route}),
             self.metrics,
             port=0,
             workers=2,
-            extra_routes={PATH: route},
         )
         host, port = self.server.address
         self.url = f"http://{host}:{port}"

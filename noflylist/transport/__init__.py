@@ -1,4 +1,4 @@
-"""The HTTP/1.1 transport: one package, from socket bytes to routed requests and back.
+"""The HTTP/1.1 transport: one package, from socket bytes to whole requests and back.
 
 Modules, in the order a request passes them:
 
@@ -8,7 +8,11 @@ Modules, in the order a request passes them:
 * :mod:`~noflylist.transport.loop`: the selector loop, the only thread that touches a
   socket, with every connection limit (fair turns, timeouts, buffer budgets);
 * :mod:`~noflylist.transport.workers`: the few threads that answer slow routes;
-* :mod:`~noflylist.transport.server`: the routes and the façade that starts the loop.
+* :mod:`~noflylist.transport.server`: the façade that binds, starts and stops the loop.
+
+What a request means is not decided here: the server is handed the routes
+(:class:`noflylist.routes.Routes`, which calls :mod:`noflylist.decision`), and nothing in
+this package imports either.
 
 Why not :mod:`http.server`, measured by ``bench/why_not_http_server.py`` on a 2-core machine
 (figures in ``bench/README.md``):
