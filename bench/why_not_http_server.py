@@ -17,7 +17,7 @@ and the handler's ``timeout`` knob), on the five points that decided the design:
 3. **A per-operation timeout vs a trickling client.** A client sends its request head one
    byte every 0.5 s. http.server with ``timeout = 10``: how long the connection stays open
    and holds a thread (measured up to 60 s). noflylist: when it is closed (its
-   ``REQUEST_TIMEOUT``, 408).
+   ``request_timeout``, 408).
 4. **Echo of the request line.** ``GET /enclave/passenger?name=Big%20Bird HTTP/1.1``,
    valid and with a malformed part: does the queried name appear in the answer's body, and
    in the server's access log (both servers' stderr, in the harness log file)?
@@ -255,7 +255,7 @@ class Crowd:
 
 def crowd(theirs: harness.Running, ours: harness.Running) -> tuple[Crowd, Crowd]:
     """Item 1 for both servers at once: their requests interleaved, before and while each
-    holds IDLE_CONNECTIONS idle connections (noflylist's IDLE_TIMEOUT, 15 s, is far off)."""
+    holds IDLE_CONNECTIONS idle connections (noflylist's idle_timeout, 15 s, is far off)."""
     servers = (theirs, ours)
     pids = [server.process.pid for server in servers]
     before = [proc_status(pid) for pid in pids]
@@ -529,7 +529,7 @@ def report(
          f"{POOL_THREADS} idle: {starved_detail}; threads {starved.threads}", ours_starved),
         (f"3. head at 1 byte / {TRICKLE_INTERVAL:g} s",
          f"timeout = {HANDLER_TIMEOUT}: {describe_trickle(trickled_stdlib)}",
-         f"REQUEST_TIMEOUT: {describe_trickle(trickled_ours)}"),
+         f"request_timeout: {describe_trickle(trickled_ours)}"),
     ]
     rows += [(f"4. request line: {label}", describe_probe(a), describe_probe(b))
              for label, (a, b) in echo.items()]  # fmt: skip
@@ -560,7 +560,7 @@ def report(
         theirs = f"ends it after {trickled_stdlib.seconds:.1f} s"
     print(f"3. A head trickled at 1 byte / {TRICKLE_INTERVAL:g} s: http.server's "
           f"timeout = {HANDLER_TIMEOUT} (per socket operation) {theirs}; noflylist answers "
-          f"{trickled_ours.ended} after {trickled_ours.seconds:.1f} s (REQUEST_TIMEOUT, whole "
+          f"{trickled_ours.ended} after {trickled_ours.seconds:.1f} s (request_timeout, whole "
           f"request; {trickled_ours.bytes_sent} bytes).")  # fmt: skip
     echoed = [label for label, (a, _) in echo.items() if a.status != 200 and a.name_in_body]
     accepted = [label for label, (a, _) in echo.items() if label != "valid" and a.status == 200]

@@ -50,7 +50,8 @@ from enclave.errors import NoflylistError
 from noflylist.decision import UNAVAILABLE, Listed, Refused, Unavailable, answer, decide
 from noflylist.lists import NOT_LOADED_YET, ListHolder
 from noflylist.metrics import Metrics
-from noflylist.transport.framing import MAX_BODY_BYTES, Request, encode_response
+from noflylist.transport.framing import Request, encode_response
+from noflylist.transport.limits import DEFAULT_LIMITS
 from noflylist.wire import PASSENGER_PATH, SCREEN_PATH
 
 __all__ = ["RequestRejected", "RouteHandler", "RouteResponse", "Routes"]
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Most names in one ``POST /v1/screen``: a large flight's manifest.
 MAX_BATCH_NAMES = 1000
+#: Largest manifest the JSON reader takes: the transport's default body limit.
+MAX_MANIFEST_BYTES = DEFAULT_LIMITS.max_body_bytes
 #: Nesting of a manifest, ``{"names": [...]}``; anything deeper is refused while parsing.
 _MANIFEST_DEPTH = 2
 #: Most ``key=value`` pairs in a query string; the request line limit bounds the rest.
@@ -143,7 +146,7 @@ def _parse_manifest(request: Request) -> list[str]:
         raise RequestRejected(415, "send the names as Content-Type: application/json (UTF-8)")
     try:
         document = strict_json.loads(
-            request.body, max_bytes=MAX_BODY_BYTES, max_depth=_MANIFEST_DEPTH
+            request.body, max_bytes=MAX_MANIFEST_BYTES, max_depth=_MANIFEST_DEPTH
         )
     except strict_json.JSONError as exc:  # its message names the problem, never the body
         raise RequestRejected(400, f"the body is refused: {exc}") from None

@@ -14,6 +14,7 @@ Everything is bounded: every socket has a timeout, every loop a count or a deadl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import resource
@@ -34,7 +35,7 @@ from noflylist.metrics import Metrics
 from noflylist.routes import Routes
 from noflylist.sources import FileSource
 from noflylist.tools import seal
-from noflylist.transport import loop as connections
+from noflylist.transport.limits import DEFAULT_LIMITS, Limits
 from noflylist.transport.server import Server
 from tests.support.fake_kms import FakeDataKeys
 
@@ -60,7 +61,9 @@ class Answer:
     closed: bool  # the server closed the connection after this answer
 
 
-def start_server(tmp_path: Path, **routes_options: Any) -> tuple[Server, threading.Thread]:
+def start_server(
+    tmp_path: Path, limits: Limits = DEFAULT_LIMITS, **routes_options: Any
+) -> tuple[Server, threading.Thread]:
     """A loaded service on a free loopback port (FakeDataKeys stands in for KMS);
     ``routes_options`` go to :class:`Routes`."""
     kms = FakeDataKeys()
@@ -69,7 +72,8 @@ def start_server(tmp_path: Path, **routes_options: Any) -> tuple[Server, threadi
     metrics = Metrics()
     holder = ListHolder(FileSource(str(path)), kms, metrics)
     holder.reload(only_if_changed=False)
-    server = Server(Routes(holder, metrics, **routes_options), metrics, host="127.0.0.1", port=0)
+    routes = Routes(holder, metrics, **routes_options)
+    server = Server(routes, metrics, host="127.0.0.1", port=0, limits=limits)
     thread = threading.Thread(target=server.serve_forever, name="server-under-test", daemon=True)
     thread.start()
     return server, thread
@@ -277,7 +281,7 @@ def test_malformed_requests_are_refused_and_service_goes_on(
 
 
 #: Heads with a bare CR (RFC 9112 section 2.2: invalid) that never end in CRLF CRLF, so only
-#: the early check can refuse them; before it, each waited for REQUEST_TIMEOUT, then got 408.
+#: the early check can refuse them; before it, each waited for request_timeout, then got 408.
 BARE_CR_CASES = {
     "cr-ends-the-request-line": b"GET /healthz HTTP/1.1\rHost: t\r",
     "cr-inside-the-request-line": b"GET /healthz\rHTTP/1.1",
@@ -296,7 +300,7 @@ def test_a_bare_cr_in_a_head_is_refused_with_400_at_once(
     elapsed = time.monotonic() - started
     assert_refused(answer, 400)
     assert answer.closed and b"bare CR" in answer.body
-    assert elapsed < 1.0 < connections.REQUEST_TIMEOUT, f"answered after {elapsed:.2f} s"
+    assert elapsed < 1.0 < DEFAULT_LIMITS.request_timeout, f"answered after {elapsed:.2f} s"
     assert_still_serving(address)
 
 
@@ -465,17 +469,17 @@ def _normal_request(address: tuple[str, int], keep_alive: socket.socket | None) 
 
 @pytest.mark.slow
 def test_normal_client_is_answered_within_100ms_among_slowloris_and_idle_clients(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """50 clients drip their request head one byte a second, 1000 connections sit idle; a
     normal client must still get every answer within 100 ms, and the slow clients must be
     answered 408 and dropped once the request deadline passes."""
     _raise_open_files_limit(2 * (SLOW_CLIENTS + IDLE_CLIENTS) + 256)
     # Shortened so the whole test stays bounded (about 4 s); the mechanism is the same.
-    monkeypatch.setattr(connections, "REQUEST_TIMEOUT", 2.5)
+    limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout=2.5)
     quiet = logging.getLogger("test.access.hostile")
     quiet.setLevel(logging.WARNING)
-    server, thread = start_server(tmp_path, access_log=quiet)
+    server, thread = start_server(tmp_path, limits, access_log=quiet)
     slow: list[socket.socket] = []
     idle: list[socket.socket] = []
     try:
@@ -517,7 +521,7 @@ def test_normal_client_is_answered_within_100ms_among_slowloris_and_idle_clients
             f"{IDLE_CLIENTS} idle clients connected"
         )
         for sock in slow:
-            sock.settimeout(connections.REQUEST_TIMEOUT + 2.0)
+            sock.settimeout(limits.request_timeout + 2.0)
             assert read_answer(sock).status == 408
         _normal_request(server.address, None)
     finally:
@@ -578,7 +582,7 @@ def _flood(address: tuple[str, int], stop: threading.Event) -> list[socket.socke
 
 
 def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Five connections pipeline thousands of requests each. A request from another client
     on a new connection, once it is in the server's receive buffer, is answered within three
@@ -586,13 +590,13 @@ def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
     reads it), and a turn answers at most one request of each flooding connection: so at most
     3 x 5 flood answers come between. (Sixteen answers a connection a turn, as before, put
     hundreds there.) Counted from the access log, which the loop writes as it answers."""
-    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    limits = dataclasses.replace(DEFAULT_LIMITS, keepalive_requests=10**6)
     access_log = logging.getLogger("test.access.flood")
     access_log.setLevel(logging.INFO)
     access_log.propagate = False
     order = _Paths()
     access_log.addHandler(order)
-    server, thread = start_server(tmp_path, access_log=access_log)
+    server, thread = start_server(tmp_path, limits, access_log=access_log)
     stop = threading.Event()
     flood: list[socket.socket] = []
     try:
@@ -626,15 +630,13 @@ def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
         access_log.removeHandler(order)
 
 
-def test_connections_over_the_limit_are_closed_and_service_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past MAX_CONNECTIONS a new connection is closed at once (no fd exhaustion); once the
+def test_connections_over_the_limit_are_closed_and_service_recovers(tmp_path: Path) -> None:
+    """Past max_connections a new connection is closed at once (no fd exhaustion); once the
     hoarded connections go, normal clients are served again."""
-    monkeypatch.setattr(connections, "MAX_CONNECTIONS", 20)
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_connections=20)
     quiet = logging.getLogger("test.access.limit")
     quiet.setLevel(logging.WARNING)
-    server, thread = start_server(tmp_path, access_log=quiet)
+    server, thread = start_server(tmp_path, limits, access_log=quiet)
     hoard = [socket.create_connection(server.address, timeout=EXCHANGE_TIMEOUT) for _ in range(20)]
     try:
         deadline = time.monotonic() + EXCHANGE_TIMEOUT

@@ -12,11 +12,9 @@ class and never the input.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +23,7 @@ from hypothesis import strategies as st
 from noflylist.transport import framing as http_framing
 from noflylist.transport.connection import Connection
 from noflylist.transport.framing import RequestError, RequestFramer
+from noflylist.transport.limits import DEFAULT_LIMITS
 
 #: Inputs a property gets (CI default; raise with FUZZ_EXAMPLES, as tests/test_fuzz.py does).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -68,17 +67,8 @@ streams = st.one_of(
 )
 
 #: Limits small enough for short streams to pass them.
-TINY_LIMITS = {"MAX_REQUEST_LINE": 24, "MAX_HEAD_BYTES": 48, "MAX_HEADERS": 2,
-               "MAX_BODY_BYTES": 4, "MAX_METHOD": 4}  # fmt: skip
-
-
-@contextmanager
-def _limits(tiny: bool) -> Iterator[None]:
-    if not tiny:
-        yield
-        return
-    with mock.patch.multiple(http_framing, **TINY_LIMITS):
-        yield
+TINY_LIMITS = dataclasses.replace(DEFAULT_LIMITS, max_request_line=24, max_head_bytes=48,
+                                  max_headers=2, max_body_bytes=4, max_method=4)  # fmt: skip
 
 
 Framed = tuple[list[tuple[object, ...]], int | None]
@@ -118,11 +108,11 @@ def test_only_request_error_escapes_and_splitting_the_bytes_changes_nothing(
     piece also a byte at a time when short), the same requests come out, and a stream is
     refused either way or neither (the status may differ: the early check can meet one
     fault before the whole-head parse meets another)."""
-    with _limits(tiny):
-        whole = _frame([data], RequestFramer())
-        pieces = _frame(_split(data, cuts), RequestFramer())
-        bytewise = _frame([data[i : i + 1] for i in range(min(len(data), 120))],
-                          RequestFramer())  # fmt: skip
+    limits = TINY_LIMITS if tiny else DEFAULT_LIMITS
+    whole = _frame([data], RequestFramer(limits))
+    pieces = _frame(_split(data, cuts), RequestFramer(limits))
+    bytewise = _frame([data[i : i + 1] for i in range(min(len(data), 120))],
+                      RequestFramer(limits))  # fmt: skip
     assert pieces[0] == whole[0]
     assert (pieces[1] is None) == (whole[1] is None)
     if len(data) <= 120:
@@ -154,7 +144,7 @@ def test_any_other_failure_inside_the_framer_becomes_a_400_naming_its_class_not_
 
     monkeypatch.setattr(http_framing, where, fail)
     with socket.socket() as unconnected:  # the loop's framer is its Connection
-        for framer in (RequestFramer(), Connection(unconnected, 0.0)):
+        for framer in (RequestFramer(), Connection(unconnected, 0.0, DEFAULT_LIMITS)):
             framer.buffer += data
             with pytest.raises(RequestError) as raised:
                 framer.take_request(0.0)

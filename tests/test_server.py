@@ -8,6 +8,7 @@ with ``urllib.parse`` (an independent encoder).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import io
 import json
@@ -38,7 +39,7 @@ from noflylist.sources import FileSource, SourceError
 from noflylist.table import normalize
 from noflylist.tools import seal
 from noflylist.transport import framing
-from noflylist.transport import loop as connections
+from noflylist.transport.limits import DEFAULT_LIMITS, Limits
 from noflylist.transport.server import Server
 from tests.support.fake_kms import FakeDataKeys
 
@@ -82,14 +83,16 @@ class Rig:
 
 
 @contextmanager
-def running(*, load: bool = True, **routes_options: Any) -> Iterator[Rig]:
+def running(
+    *, load: bool = True, limits: Limits = DEFAULT_LIMITS, **routes_options: Any
+) -> Iterator[Rig]:
     """A server on a free loopback port, its list from an envelope file (not yet written);
     ``routes_options`` go to :class:`Routes`."""
     kms, metrics = FakeDataKeys(), Metrics()
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "envelope.json"
         holder = ListHolder(FileSource(str(path)), kms, metrics)
-        server = Server(Routes(holder, metrics, **routes_options), metrics, port=0)
+        server = Server(Routes(holder, metrics, **routes_options), metrics, port=0, limits=limits)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         rig = Rig(server, holder, metrics, path, kms, thread)
@@ -643,7 +646,7 @@ def test_a_bug_inside_the_request_parser_is_answered_400_naming_its_class_not_th
 ) -> None:
     """The framer's boundary reaches the client: an answer, not a connection cut off."""
 
-    def broken(head: bytes) -> None:
+    def broken(head: bytes, limits: Limits) -> None:
         raise KeyError(head.decode())
 
     monkeypatch.setattr(framing, "_parse_head", broken)
@@ -678,11 +681,11 @@ def test_a_client_ending_its_lines_with_a_bare_cr_gets_400_long_before_the_reque
     None
 ):
     """RFC 9112 section 2.2: a bare CR is invalid. A client that ends its lines with CR alone
-    never sends CRLF CRLF, so before the early check it waited REQUEST_TIMEOUT (10 s) for a
+    never sends CRLF CRLF, so before the early check it waited request_timeout (10 s) for a
     408. Here each piece arrives alone and ends in its CR, which can only be judged when the
     next piece comes (the LF could follow): through the real loop, with the real timeout,
     the second piece is answered 400 at once, counted as a refusal, not a slow client."""
-    assert connections.REQUEST_TIMEOUT >= 10.0  # the real one: nothing is shortened here
+    assert DEFAULT_LIMITS.request_timeout >= 10.0  # the real one: nothing is shortened here
     with running() as rig:
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -711,12 +714,9 @@ def _timed_get(port: int) -> float:
 
 
 @pytest.mark.slow
-def test_slow_clients_are_cut_off_at_the_request_deadline_while_others_are_served(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(connections, "REQUEST_TIMEOUT", 1.0)
+def test_slow_clients_are_cut_off_at_the_request_deadline_while_others_are_served() -> None:
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    with running() as rig:
+    with running(limits=dataclasses.replace(DEFAULT_LIMITS, request_timeout=1.0)) as rig:
         slow = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(50)]
         started = time.monotonic()
         latencies = []
@@ -741,11 +741,8 @@ def test_slow_clients_are_cut_off_at_the_request_deadline_while_others_are_serve
 
 
 @pytest.mark.slow
-def test_idle_connections_are_closed_after_the_idle_timeout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(connections, "IDLE_TIMEOUT", 0.5)
-    with running() as rig:
+def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
+    with running(limits=dataclasses.replace(DEFAULT_LIMITS, idle_timeout=0.5)) as rig:
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             response = http.client.HTTPResponse(sock)
@@ -794,19 +791,18 @@ def _wait_until_stalled(log: _AnswerLog, path: str, quiet: float = 0.5) -> int:
     raise AssertionError(f"answers on {path} never stopped ({count} so far)")
 
 
-def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the_send_timeout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the_send_timeout() -> (
+    None
+):
     """A client pipelines 2000 requests and reads nothing: once the answers it has not taken
     fill the small send buffer, its requests are no longer parsed (no more answers are
-    logged), another client is answered meanwhile, and SEND_TIMEOUT after the last answer
+    logged), another client is answered meanwhile, and send_timeout after the last answer
     it took nothing of, it is closed and counted as closed_not_reading."""
-    monkeypatch.setattr(connections, "SEND_TIMEOUT", 1.0)
-    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
-    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 10**6)
+    limits = dataclasses.replace(DEFAULT_LIMITS, send_timeout=1.0, send_buffer_bytes=4096,
+                                 keepalive_requests=10**6)  # fmt: skip
     access_log, log = _answer_log("not-reading")
     requests = 2000
-    with running(access_log=access_log) as rig:
+    with running(limits=limits, access_log=access_log) as rig:
         flood = socket.socket()
         flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
         flood.settimeout(5)
@@ -828,7 +824,7 @@ def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the
                 "noflylist_http_connections_closed_total", "closed_not_reading"
             ) == 1
             # The deadline runs from the last send that made progress; the sweep checks it
-            # every SWEEP_INTERVAL (0.1 s), and this loop polls every 0.02 s.
+            # every sweep_interval (0.1 s), and this loop polls every 0.02 s.
             assert 0.9 < closed_after < 2.0, closed_after
             assert log.count("/healthz") == answered  # nothing more was answered before it
             assert "noflylist_http_open_connections 1" in request(rig.port, "GET", "/metrics").text
@@ -836,16 +832,13 @@ def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the
             flood.close()
 
 
-def test_a_slow_reader_of_a_large_answer_is_not_cut_off_while_it_keeps_taking_bytes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """SEND_TIMEOUT bounds the time between two sends that make progress, not the whole
+def test_a_slow_reader_of_a_large_answer_is_not_cut_off_while_it_keeps_taking_bytes() -> None:
+    """send_timeout bounds the time between two sends that make progress, not the whole
     answer (nginx's send_timeout): a client that takes a 150 KiB answer 8 KiB at a time,
     one read every 0.1 s (about 2 s in all), with a 0.5 s send timeout, gets all of it."""
-    monkeypatch.setattr(connections, "SEND_TIMEOUT", 0.5)
-    monkeypatch.setattr(connections, "SEND_BUFFER_BYTES", 4096)
+    limits = dataclasses.replace(DEFAULT_LIMITS, send_timeout=0.5, send_buffer_bytes=4096)
     names = [f"Passenger Number {n:04d} " + "x" * 100 for n in range(1000)]
-    with running() as rig:
+    with running(limits=limits) as rig:
         body = json.dumps({"names": names}).encode()
         head = (f"POST /v1/screen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
@@ -878,14 +871,11 @@ def _answer_length(data: bytes) -> int:
     return len(head) + 4 + length
 
 
-def test_a_keep_alive_connection_is_closed_after_keepalive_requests_answers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The KEEPALIVE_REQUESTS-th answer says Connection: close and the connection closes,
+def test_a_keep_alive_connection_is_closed_after_keepalive_requests_answers() -> None:
+    """The keepalive_requests-th answer says Connection: close and the connection closes,
     whether the requests come one at a time or pipelined; each close is counted."""
-    monkeypatch.setattr(connections, "KEEPALIVE_REQUESTS", 5)
     one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    with running() as rig:
+    with running(limits=dataclasses.replace(DEFAULT_LIMITS, keepalive_requests=5)) as rig:
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
             for number in range(1, 6):
                 sock.sendall(one)
@@ -917,9 +907,8 @@ def test_300_idle_connections_do_not_delay_a_normal_client(rig: Rig) -> None:
             sock.close()
 
 
-def test_connections_over_the_cap_are_closed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connections, "MAX_CONNECTIONS", 8)
-    with running() as rig:
+def test_connections_over_the_cap_are_closed_at_once() -> None:
+    with running(limits=dataclasses.replace(DEFAULT_LIMITS, max_connections=8)) as rig:
         held = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(8)]
         time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as ninth:
@@ -934,13 +923,10 @@ def test_connections_over_the_cap_are_closed_at_once(monkeypatch: pytest.MonkeyP
             sock.close()
 
 
-def test_uploads_are_shed_with_503_when_buffered_bytes_pass_the_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(connections, "MAX_BUFFERED_BYTES", 150 * 1024)
+def test_uploads_are_shed_with_503_when_buffered_bytes_pass_the_budget() -> None:
     length = 120 * 1024
     body = _padded_manifest(length)
-    with running() as rig:
+    with running(limits=dataclasses.replace(DEFAULT_LIMITS, max_buffered_bytes=150 * 1024)) as rig:
         first = socket.create_connection(("127.0.0.1", rig.port), timeout=5)
         first.sendall(_upload_head(length) + body[: 100 * 1024])
         time.sleep(0.2)

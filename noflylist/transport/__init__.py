@@ -1,12 +1,14 @@
 """The HTTP/1.1 transport: one package, from socket bytes to whole requests and back.
 
-Modules, in the order a request passes them:
+Modules, in the order a request passes them (every limit they enforce is a field of one
+frozen :class:`~noflylist.transport.limits.Limits`, passed in from the server down to each
+connection's framer):
 
 * :mod:`~noflylist.transport.framing`: the pure, strict RFC 9112 request framer and the
   response encoder (bytes in, :class:`~noflylist.transport.framing.Request` out; no sockets);
 * :mod:`~noflylist.transport.connection`: one connection's buffers and state;
 * :mod:`~noflylist.transport.loop`: the selector loop, the only thread that touches a
-  socket, with every connection limit (fair turns, timeouts, buffer budgets);
+  socket, applying every connection limit (fair turns, timeouts, buffer budgets);
 * :mod:`~noflylist.transport.workers`: the few threads that answer slow routes;
 * :mod:`~noflylist.transport.server`: the façade that binds, starts and stops the loop.
 

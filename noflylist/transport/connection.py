@@ -14,6 +14,7 @@ import socket
 import time
 
 from noflylist.transport.framing import Request, RequestFramer
+from noflylist.transport.limits import Limits
 
 __all__ = ["BUSY", "LINGERING", "READING", "WRITING", "ClientSockets", "Connection"]
 
@@ -40,8 +41,8 @@ class Connection(RequestFramer):
         "state",
     )
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
+    def __init__(self, sock: socket.socket, deadline: float, limits: Limits) -> None:
+        super().__init__(limits)
         self.sock = sock
         self.continue_sent = False  # "100 Continue" was sent for the current head
         self.state = READING

@@ -17,7 +17,8 @@ input), and a request is either complete and checked or not dispatched. The stat
 client which limit it hit: 414 (request line), 431 (head), 413 (body), 505 (version), 501
 (chunked), 417 (Expect); the loop adds 408 (too slow) and 503 (out of buffer memory).
 
-Every limit is a module constant, read where it is applied (so tests can shorten them).
+Every limit is a field of the :class:`~noflylist.transport.limits.Limits` the framer is made
+with (:data:`~noflylist.transport.limits.DEFAULT_LIMITS` unless a caller passes its own).
 """
 
 from __future__ import annotations
@@ -31,30 +32,9 @@ from dataclasses import dataclass, field
 
 from enclave import http_syntax
 from enclave.errors import NoflylistError
+from noflylist.transport.limits import DEFAULT_LIMITS, Limits
 
-__all__ = [
-    "MAX_BODY_BYTES",
-    "MAX_HEADERS",
-    "MAX_HEAD_BYTES",
-    "MAX_METHOD",
-    "MAX_REQUEST_LINE",
-    "Request",
-    "RequestError",
-    "RequestFramer",
-    "encode_response",
-]
-
-#: Longest request line (method, target, version): room for a 256-character name encoded
-#: as 4-byte UTF-8 percent escapes (3 KiB), far from the 100 KB floods that probe servers.
-MAX_REQUEST_LINE = 8 * 1024
-#: Most header fields in one request: real clients send about ten.
-MAX_HEADERS = 64
-#: Largest request head (request line and fields), so one connection's buffer stays small.
-MAX_HEAD_BYTES = 64 * 1024
-#: Largest request body: a 1000-name manifest is well under 100 KiB of JSON.
-MAX_BODY_BYTES = 256 * 1024
-#: Longest method token: real methods are at most 7 letters; more means "not HTTP".
-MAX_METHOD = 16
+__all__ = ["Request", "RequestError", "RequestFramer", "encode_response"]
 
 _TOKEN = http_syntax.TOKEN_BYTES
 _TOKEN_PREFIX = re.compile(http_syntax.TCHAR.encode("ascii") + b"*")
@@ -160,17 +140,18 @@ class _Head:
     expect_continue: bool
 
 
-def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
+def _check_incomplete_head(buffer: bytearray, searched: int, limits: Limits) -> None:
     """Refuse early what can never become a valid head, so nobody waits for a deadline."""
     if buffer == b"\r":
         return  # perhaps the first half of an empty line before the request line (skipped)
-    prefix = bytes(buffer[: MAX_METHOD + 1])
+    max_method, max_request_line = limits.max_method, limits.max_request_line
+    prefix = bytes(buffer[: max_method + 1])
     method_end = _TOKEN_PREFIX.match(prefix).end()  # type: ignore[union-attr]
     if method_end < len(prefix) and prefix[method_end] != 0x20:
         if prefix[:1] == b"\x16":
             raise RequestError(400, "this port speaks plain HTTP, not TLS: use http://")
         raise RequestError(400, "the request does not start with an HTTP method")
-    if method_end > MAX_METHOD:
+    if method_end > max_method:
         raise RequestError(400, "the request does not start with an HTTP method")
     if _BARE_LF.search(buffer, max(0, searched - 1)):
         raise RequestError(400, "header lines must end with CRLF, not a bare LF")
@@ -180,31 +161,33 @@ def _check_incomplete_head(buffer: bytearray, searched: int) -> None:
         raise RequestError(400, "header lines must end with CRLF, not a bare CR")
     # No LF is bare (checked above for the new bytes, by earlier calls for the rest), so the
     # first LF ends the request line: a one-byte search, far quicker than for b"\r\n".
-    line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2) - 1
+    line_end = buffer.find(b"\n", 0, max_request_line + 2) - 1
     if line_end >= 0:
         # A whole request line can be judged now; an HTTP/0.9 client ("GET /x" CRLF) sends
         # no more and would otherwise wait for the request deadline. Judge it once (not if it
         # was whole when last searched): a client trickling its fields must not make every
         # recv parse an 8 KiB line again.
         if line_end + 2 > searched:
-            _parse_request_line(bytes(buffer[:line_end]))
-    elif len(buffer) > MAX_REQUEST_LINE:
-        raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
-    if len(buffer) > MAX_HEAD_BYTES:
-        raise RequestError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+            _parse_request_line(bytes(buffer[:line_end]), limits)
+    elif len(buffer) > max_request_line:
+        raise RequestError(414, f"the request line is longer than {max_request_line} bytes")
+    if len(buffer) > limits.max_head_bytes:
+        raise RequestError(431, f"the request head is larger than {limits.max_head_bytes} bytes")
 
 
-def _parse_request_line(line: bytes) -> tuple[str, str, bool]:
+def _parse_request_line(line: bytes, limits: Limits) -> tuple[str, str, bool]:
     """RFC 9112 section 3: method SP request-target SP HTTP-version."""
-    if len(line) > MAX_REQUEST_LINE:
-        raise RequestError(414, f"the request line is longer than {MAX_REQUEST_LINE} bytes")
+    if len(line) > limits.max_request_line:
+        raise RequestError(
+            414, f"the request line is longer than {limits.max_request_line} bytes"
+        )
     parts = line.split(b" ")
     if len(parts) == 2:
         raise RequestError(400, "the request line has no HTTP version (HTTP/0.9 is not served)")
     if len(parts) != 3:
         raise RequestError(400, "the request line must be METHOD SP TARGET SP VERSION")
     method, target, version = parts
-    if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
+    if not _TOKEN.fullmatch(method) or len(method) > limits.max_method:
         raise RequestError(400, "the request method is not a token")
     if not _TARGET.fullmatch(target):
         raise RequestError(400, "the request target must be a path (/...) of visible ASCII")
@@ -215,10 +198,10 @@ def _parse_request_line(line: bytes) -> tuple[str, str, bool]:
     return method.decode("ascii"), target.decode("ascii"), version == b"HTTP/1.0"
 
 
-def _parse_fields(lines: list[bytes]) -> dict[str, str]:
+def _parse_fields(lines: list[bytes], limits: Limits) -> dict[str, str]:
     """RFC 9112 section 5: name ":" OWS value OWS, one a line, no folding."""
-    if len(lines) > MAX_HEADERS:
-        raise RequestError(431, f"the request has more than {MAX_HEADERS} header fields")
+    if len(lines) > limits.max_headers:
+        raise RequestError(431, f"the request has more than {limits.max_headers} header fields")
     fields: dict[str, str] = {}
     for line in lines:
         name, colon, value = line.partition(b":")
@@ -236,13 +219,13 @@ def _parse_fields(lines: list[bytes]) -> dict[str, str]:
     return fields
 
 
-def _parse_head(head: bytes) -> _Head:
+def _parse_head(head: bytes, limits: Limits) -> _Head:
     """Parse and check a whole head (without its final empty line)."""
     lines = head.split(b"\r\n")
     if any(b"\r" in line or b"\n" in line for line in lines):
         raise RequestError(400, "header lines must end with CRLF")
-    method, target, http10 = _parse_request_line(lines[0])
-    fields = _parse_fields(lines[1:])
+    method, target, http10 = _parse_request_line(lines[0], limits)
+    fields = _parse_fields(lines[1:], limits)
     if not http10 and "host" not in fields:
         raise RequestError(400, "an HTTP/1.1 request needs a Host header field")
     if "transfer-encoding" in fields:
@@ -251,8 +234,8 @@ def _parse_head(head: bytes) -> _Head:
     if not _DIGITS.fullmatch(length_text):
         raise RequestError(400, "Content-Length must be a decimal number")
     content_length = int(length_text)
-    if content_length > MAX_BODY_BYTES:
-        raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    if content_length > limits.max_body_bytes:
+        raise RequestError(413, f"the request body is larger than {limits.max_body_bytes} bytes")
     tokens = {token.strip().lower() for token in fields.get("connection", "").split(",")}
     keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
     expect = fields.get("expect")
@@ -270,12 +253,14 @@ class RequestFramer:
 
     The caller appends to ``buffer`` and calls :meth:`take_request`. ``head`` is set once a
     whole head has arrived and parsed, until its body has arrived too (so a caller can answer
-    ``Expect: 100-continue`` by looking at ``head.expect_continue``).
+    ``Expect: 100-continue`` by looking at ``head.expect_continue``). ``limits`` are checked
+    while the bytes arrive.
     """
 
-    __slots__ = ("buffer", "head", "head_bytes", "searched")
+    __slots__ = ("buffer", "head", "head_bytes", "limits", "searched")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.buffer = bytearray()
         self.searched = 0  # bytes of buffer already searched for the end of the head
         self.head: _Head | None = None
@@ -309,15 +294,18 @@ class RequestFramer:
                 self.searched = 0
             end = buffer.find(b"\r\n\r\n", max(0, self.searched - 3))
             if end < 0:
-                _check_incomplete_head(buffer, self.searched)
+                _check_incomplete_head(buffer, self.searched, self.limits)
                 self.searched = len(buffer)
                 return None
-            if end > MAX_HEAD_BYTES:
+            limits = self.limits
+            if end > limits.max_head_bytes:
                 first_line = buffer.find(b"\r\n")
-                if first_line > MAX_REQUEST_LINE:
-                    raise RequestError(414, f"the request line is over {MAX_REQUEST_LINE} bytes")
-                raise RequestError(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
-            self.head = _parse_head(bytes(buffer[:end]))
+                if first_line > limits.max_request_line:
+                    raise RequestError(
+                        414, f"the request line is over {limits.max_request_line} bytes"
+                    )
+                raise RequestError(431, f"the request head is over {limits.max_head_bytes} bytes")
+            self.head = _parse_head(bytes(buffer[:end]), limits)
             self.head_bytes = end + 4
         head = self.head
         total = self.head_bytes + head.content_length

@@ -4,36 +4,35 @@ Why this shape: the service must keep answering while many clients are slow, idl
 hostile (slowloris, thousands of idle keep-alive connections). A thread per connection
 would let such clients exhaust threads; here they only cost a buffer each. The loop thread
 alone touches sockets: it accepts, reads without blocking, frames one complete request
-(head, then a body of at most :data:`~noflylist.transport.framing.MAX_BODY_BYTES` by
-``Content-Length``), enforcing every limit below while bytes arrive. Only a complete, parsed
-:class:`Request` is answered: by the loop itself when the application says it is quick (a
-lookup of a few microseconds: a hand-off to a worker would cost more than the work, and under
-the GIL it adds up to a switch interval, 5 ms, of latency), else by one of a few worker
-threads (:mod:`noflylist.transport.workers`). Either way the whole response is one byte
-string that the loop sends with one ``send`` (head and body together, ``TCP_NODELAY``: no
-delayed-ACK stall on keep-alive).
+(head, then a body of at most ``max_body_bytes`` by ``Content-Length``), enforcing every
+limit while bytes arrive. Only a complete, parsed :class:`Request` is answered: by the loop
+itself when the application says it is quick (a lookup of a few microseconds: a hand-off to
+a worker would cost more than the work, and under the GIL it adds up to a switch interval,
+5 ms, of latency), else by one of a few worker threads (:mod:`noflylist.transport.workers`).
+Either way the whole response is one byte string that the loop sends with one ``send``
+(head and body together, ``TCP_NODELAY``: no delayed-ACK stall on keep-alive).
 
 A connection has at most one request being answered, so pipelined requests are answered in
 order and the work queue never holds more entries than there are connections.
 
 Fairness. Each turn of the loop (one ``select``, then the connections it reports, then those
-queued from earlier turns) answers at most :data:`REQUESTS_PER_TURN` request of any one
+queued from earlier turns) answers at most ``requests_per_turn`` request of any one
 connection; a connection with more requests buffered waits, unread, for its next turn behind
 every other, and accepting new connections happens every turn. So a client that pipelines
 requests as fast as it can delays another client by one answer a turn, not by its whole queue.
 A client that sends requests but does not read the answers is stopped by the kernel: its send
-buffer is :data:`SEND_BUFFER_BYTES`, so once about that much is unread a ``send`` comes up
+buffer is ``send_buffer_bytes``, so once about that much is unread a ``send`` comes up
 short, the connection waits (WRITING: its requests are neither read nor parsed) and is closed
-if it takes nothing for :data:`SEND_TIMEOUT`. A keep-alive connection is closed after
-:data:`KEEPALIVE_REQUESTS` answers. Closes are reported by reason (``on_event``).
+if it takes nothing for ``send_timeout``. A keep-alive connection is closed after
+``keepalive_requests`` answers. Closes are reported by reason (``on_event``).
 
 The strict RFC 9112 parser and the response encoder are in :mod:`noflylist.transport.framing`;
 a refused request is answered with the status it names, and the connection is closed. This
 module adds 408 (a request too slow to arrive) and 503 (request buffers over their budget).
 
-Every limit is a module constant, read where it is applied (so tests can shorten them); the
-framing limits (``MAX_HEAD_BYTES`` and the like) are those of :mod:`noflylist.transport.framing`.
-Measured against hostile clients by ``bench/bench_hostile.py``.
+Every limit is a field of the :class:`~noflylist.transport.limits.Limits` the loop is made
+with (its docstrings say why each has its value); the same value goes to each connection's
+framer. Measured against hostile clients by ``bench/bench_hostile.py``.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 
-from noflylist.transport import framing as http_framing
 from noflylist.transport.connection import (
     BUSY,
     LINGERING,
@@ -59,59 +57,12 @@ from noflylist.transport.connection import (
     Connection,
 )
 from noflylist.transport.framing import RequestError
+from noflylist.transport.limits import Limits
 from noflylist.transport.workers import Application, WorkerPool, answer
 
-__all__ = [
-    "ACCEPT_PAUSE", "IDLE_TIMEOUT", "KEEPALIVE_REQUESTS", "LINGER_BYTES", "LINGER_TIMEOUT",
-    "LISTEN_BACKLOG", "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "RECV_BYTES", "REQUESTS_PER_TURN",
-    "REQUEST_TIMEOUT", "SEND_BUFFER_BYTES", "SEND_TIMEOUT", "SWEEP_INTERVAL",
-    "Application", "ConnectionLoop",
-]  # fmt: skip
+__all__ = ["Application", "ConnectionLoop"]
 
 log = logging.getLogger(__name__)
-
-#: A request must arrive whole within this many seconds of its first byte (slowloris).
-REQUEST_TIMEOUT = 10.0
-#: A keep-alive connection with no request in progress is closed after this many seconds.
-IDLE_TIMEOUT = 15.0
-#: A connection whose answer waits this many seconds with no byte of it taken by the client
-#: is closed (nginx's ``send_timeout``: the time between two sends, not for the whole answer,
-#: so a slow reader of a large answer is not cut off while one that stopped reading is).
-SEND_TIMEOUT = 10.0
-#: Kernel send buffer of each connection (``SO_SNDBUF``; Linux reserves twice this): the bound
-#: on answers queued for a client that does not read them. Without it the kernel grows the
-#: buffer to 4 MiB, which a pipelining client that never reads fills with 16,000 answers
-#: (measured: 0.9 MiB a connection after 10 s of flood, ``send`` never short, so nothing
-#: stopped or closed it). 64 KiB holds the largest answers in one or two sends.
-SEND_BUFFER_BYTES = 64 * 1024
-#: Requests answered on one keep-alive connection before it is closed (nginx's default
-#: ``keepalive_requests``): no client holds one connection, its buffers and its turn forever;
-#: a real client reconnects in one round trip every thousand answers.
-KEEPALIVE_REQUESTS = 1000
-#: After an error response the connection is half-closed and unread input discarded for
-#: this long, so the client reads the error instead of a reset (RFC 9112 section 9.6).
-LINGER_TIMEOUT = 2.0
-#: At most this much unread input is discarded while lingering.
-LINGER_BYTES = 1024 * 1024
-#: Open connections beyond this are closed as soon as they are accepted (fd exhaustion).
-MAX_CONNECTIONS = 4096
-#: Request bytes buffered across all connections. Past this, a connection holding more than
-#: a head's worth gets 503 and is closed: uploads are shed first, GETs keep working, and
-#: memory stays bounded (4096 connections x 384 KiB each would otherwise be 1.5 GiB).
-MAX_BUFFERED_BYTES = 64 * 1024 * 1024
-#: Listen backlog: bursts of new connections wait in the kernel, not in Python.
-LISTEN_BACKLOG = 1024
-#: Bytes read per ``recv``: a whole head or a large body slice in one system call.
-RECV_BYTES = 64 * 1024
-#: Requests of one connection answered in a turn of the loop before every other connection
-#: with work gets its turn: one, so a turn with 50 pipelining clients is 50 answers (about
-#: 2 ms), not the 800 to 1,600 (20 to 90 ms) that 16 in a row gave, which a new client's
-#: request waited behind (measured by ``bench/bench_hostile.py``).
-REQUESTS_PER_TURN = 1
-#: How often deadlines are checked; a deadline may be overrun by at most this much.
-SWEEP_INTERVAL = 0.1
-#: After ``accept`` fails for lack of file descriptors, stop accepting this long.
-ACCEPT_PAUSE = 0.5
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -125,10 +76,10 @@ class ConnectionLoop:
     :data:`OUTCOMES`.
     """
 
-    #: Why the loop closed or refused a connection: over :data:`MAX_CONNECTIONS`, idle past
-    #: :data:`IDLE_TIMEOUT`, a request not whole within :data:`REQUEST_TIMEOUT` (408), an
-    #: answer untaken for :data:`SEND_TIMEOUT`, :data:`KEEPALIVE_REQUESTS` answered, request
-    #: buffers over :data:`MAX_BUFFERED_BYTES` (503), a bug while handling it.
+    #: Why the loop closed or refused a connection: over ``max_connections``, idle past
+    #: ``idle_timeout``, a request not whole within ``request_timeout`` (408), an
+    #: answer untaken for ``send_timeout``, ``keepalive_requests`` answered, request
+    #: buffers over ``max_buffered_bytes`` (503), a bug while handling it.
     OUTCOMES = (
         "refused_over_limit", "closed_idle", "closed_slow", "closed_not_reading",
         "closed_request_limit", "shed_over_memory", "closed_internal_error",
@@ -140,9 +91,11 @@ class ConnectionLoop:
         app: Application,
         workers: int,
         on_event: Callable[[str], None],
+        limits: Limits,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        self._limits = limits
         self._listener = listener
         self._listener.setblocking(False)
         self._app = app
@@ -203,7 +156,8 @@ class ConnectionLoop:
     # The loop thread's work.
 
     def _serve(self) -> None:
-        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        sweep_interval = self._limits.sweep_interval
+        next_sweep = time.monotonic() + sweep_interval
         draining = False
         while True:
             timeout = 0.0 if self._ready else max(0.0, next_sweep - time.monotonic())
@@ -225,7 +179,7 @@ class ConnectionLoop:
             now = time.monotonic()
             if now >= next_sweep:
                 self._sweep(now)
-                next_sweep = now + SWEEP_INTERVAL
+                next_sweep = now + sweep_interval
             if self._stopping.is_set():
                 if not draining:
                     draining = True
@@ -266,33 +220,35 @@ class ConnectionLoop:
                     log.warning("cannot accept connections: %s; pausing", exc.strerror)
                     self._selector.unregister(self._listener)
                     self._accepting = False
-                    self._accept_resume = time.monotonic() + ACCEPT_PAUSE
+                    self._accept_resume = time.monotonic() + self._limits.accept_pause
                 return  # other errors (ECONNABORTED) concern one connection only
-            if len(self._sockets) >= MAX_CONNECTIONS:
+            if len(self._sockets) >= self._limits.max_connections:
                 self._on_event("refused_over_limit")
                 sock.close()
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            self._sockets.add(Connection(sock, time.monotonic() + IDLE_TIMEOUT))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._limits.send_buffer_bytes)
+            deadline = time.monotonic() + self._limits.idle_timeout
+            self._sockets.add(Connection(sock, deadline, self._limits))
 
     def _on_readable(self, connection: Connection) -> None:
-        data = self._sockets.receive(connection, RECV_BYTES)
+        limits = self._limits
+        data = self._sockets.receive(connection, limits.recv_bytes)
         if not data:
             return  # nothing yet, or closed (a partial request is dropped)
         if connection.state == LINGERING:
             connection.lingered += len(data)
-            if connection.lingered > LINGER_BYTES:
+            if connection.lingered > limits.linger_bytes:
                 self._sockets.close(connection)
             return
         if not connection.pending:
             connection.pending = True
-            connection.deadline = time.monotonic() + REQUEST_TIMEOUT
+            connection.deadline = time.monotonic() + limits.request_timeout
         connection.buffer += data
         self._sockets.buffered += len(data)
-        over_budget = self._sockets.buffered > MAX_BUFFERED_BYTES
-        if over_budget and len(connection.buffer) > http_framing.MAX_HEAD_BYTES:
+        over_budget = self._sockets.buffered > limits.max_buffered_bytes
+        if over_budget and len(connection.buffer) > limits.max_head_bytes:
             self._on_event("shed_over_memory")
             reason = "the server is short of memory for request bodies; retry shortly"
             self._write(connection, self._app.reject(503, reason), close=True)
@@ -301,9 +257,9 @@ class ConnectionLoop:
 
     def _serve_connection(self, connection: Connection) -> None:
         """Answer this turn's share of the whole requests in the buffer, in order: at most
-        :data:`REQUESTS_PER_TURN`, fewer if one goes to a worker or an answer waits for the
+        ``requests_per_turn``, fewer if one goes to a worker or an answer waits for the
         client to read it. Then read on, or wait for the next turn if more is buffered."""
-        for _ in range(REQUESTS_PER_TURN):
+        for _ in range(self._limits.requests_per_turn):
             before = len(connection.buffer)
             try:
                 request = connection.take_request(time.monotonic())
@@ -320,7 +276,7 @@ class ConnectionLoop:
                 self._sockets.watch(connection, selectors.EVENT_READ)
                 return
             connection.answered += 1
-            if connection.answered >= KEEPALIVE_REQUESTS and request.keep_alive:
+            if connection.answered >= self._limits.keepalive_requests and request.keep_alive:
                 self._on_event("closed_request_limit")  # this answer says Connection: close
                 request.keep_alive = False
             if self._stopping.is_set():
@@ -353,22 +309,24 @@ class ConnectionLoop:
     def _write(self, connection: Connection, response: bytes, *, close: bool) -> bool:
         """Send a whole response; True if it went out and the connection reads on."""
         connection.close_after = close or self._stopping.is_set()
-        sent = self._sockets.send(connection, response, SEND_TIMEOUT)
+        sent = self._sockets.send(connection, response, self._limits.send_timeout)
         return sent and self._written(connection)
 
     def _on_writable(self, connection: Connection) -> None:
-        if self._sockets.send_rest(connection, SEND_TIMEOUT) and self._written(connection):
+        send_timeout = self._limits.send_timeout
+        if self._sockets.send_rest(connection, send_timeout) and self._written(connection):
             self._next_turn(connection)
 
     def _written(self, connection: Connection) -> bool:
         """A response is out: linger and close, or wait for the next request."""
         connection.out = memoryview(b"")
         if connection.close_after:
-            self._sockets.linger(connection, LINGER_TIMEOUT)
+            self._sockets.linger(connection, self._limits.linger_timeout)
             return False
         connection.state = READING
+        limits = self._limits
         connection.deadline = time.monotonic() + (
-            REQUEST_TIMEOUT if connection.pending else IDLE_TIMEOUT
+            limits.request_timeout if connection.pending else limits.idle_timeout
         )
         return True
 
@@ -379,7 +337,7 @@ class ConnectionLoop:
                 continue
             if connection.state == READING and connection.pending:
                 self._on_event("closed_slow")
-                reason = f"the request did not arrive within {REQUEST_TIMEOUT:g} s"
+                reason = f"the request did not arrive within {self._limits.request_timeout:g} s"
                 self._write(connection, self._app.reject(408, reason), close=True)
                 continue
             if connection.state == READING:

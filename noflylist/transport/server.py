@@ -12,23 +12,22 @@ import socket
 
 from noflylist.config import DEFAULT_WORKERS, MAX_WORKERS, MIN_WORKERS
 from noflylist.metrics import Metrics
-from noflylist.transport import loop as connections
+from noflylist.transport.limits import DEFAULT_LIMITS, Limits
 from noflylist.transport.loop import ConnectionLoop
 from noflylist.transport.workers import Application
 
-__all__ = ["DEFAULT_WORKERS", "DRAIN_TIMEOUT", "Server"]
-
-#: How long ``shutdown`` waits for requests in progress (well under a SIGKILL grace period).
-DRAIN_TIMEOUT = 10.0
+__all__ = ["DEFAULT_WORKERS", "Server"]
 
 
 class Server:
     """The HTTP server. Binds at construction (``port=0`` picks a free port); ``address`` is
-    the bound ``(host, port)``; ``routes`` answers every request.
+    the bound ``(host, port)``; ``routes`` answers every request; ``limits`` bound every
+    connection (:mod:`noflylist.transport.limits`).
 
     ``serve_forever`` runs the connection loop on the calling thread; ``shutdown`` (from any
     thread, e.g. on SIGTERM) stops accepting, lets requests in progress finish within
-    ``drain_timeout`` seconds, closes the rest and returns when ``serve_forever`` has.
+    ``drain_timeout`` seconds (``limits.drain_timeout`` unless given), closes the rest and
+    returns when ``serve_forever`` has.
     """
 
     def __init__(
@@ -39,15 +38,17 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 8001,
         workers: int = DEFAULT_WORKERS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if not MIN_WORKERS <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be {MIN_WORKERS} to {MAX_WORKERS}")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server(
-            (host, port), family=family, backlog=connections.LISTEN_BACKLOG
+            (host, port), family=family, backlog=limits.listen_backlog
         )
         self.address: tuple[str, int] = listener.getsockname()[:2]
-        self._loop = ConnectionLoop(listener, routes, workers, self._count_event)
+        self._limits = limits
+        self._loop = ConnectionLoop(listener, routes, workers, self._count_event, limits)
         self._metrics = metrics
         metrics.gauges["noflylist_http_open_connections"] = (
             "Client connections open now.",
@@ -58,9 +59,10 @@ class Server:
         """Serve until :meth:`shutdown`."""
         self._loop.run()
 
-    def shutdown(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-        """Stop accepting, finish requests in progress (at most ``drain_timeout`` s), close."""
-        self._loop.stop(drain_timeout)
+    def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, finish requests in progress (at most ``drain_timeout`` s, by default
+        ``limits.drain_timeout``), close."""
+        self._loop.stop(self._limits.drain_timeout if drain_timeout is None else drain_timeout)
 
     def _count_event(self, outcome: str) -> None:
         """Connections the loop closed or refused, by why: one of the fixed names in
