@@ -133,6 +133,45 @@ def test_the_transport_imports_neither_the_routes_nor_the_decision() -> None:
                               "noflylist.table"}) == []  # fmt: skip
 
 
+def _attribute_assignments(path: Path) -> set[tuple[str, str, str]]:
+    """``(file, enclosing class or "-", attribute)`` for every attribute assigned in ``path``."""
+    found: set[tuple[str, str, str]] = set()
+
+    def visit(node: ast.AST, owner: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                for target in targets:
+                    for item in target.elts if isinstance(target, ast.Tuple) else [target]:
+                        if isinstance(item, ast.Attribute):
+                            found.add((path.name, owner, item.attr))
+            visit(child, child.name if isinstance(child, ast.ClassDef) else owner)
+
+    visit(ast.parse(path.read_text()), "-")
+    return found
+
+
+def test_only_a_connection_changes_its_own_state() -> None:
+    """One owner per state machine: a connection's fields (and its framer's) are assigned in
+    the methods of :class:`~noflylist.transport.connection.Connection` (the framer's also in
+    :class:`~noflylist.transport.framing.RequestFramer`), nowhere else in the transport; the
+    loop asks and commands, and a Connection has a framer rather than being one."""
+    from noflylist.transport.connection import Connection
+    from noflylist.transport.framing import RequestFramer
+
+    assert not issubclass(Connection, RequestFramer)
+    owners = {name: {"Connection"} for name in Connection.__slots__}
+    owners.update({name: {"Connection", "RequestFramer"} for name in RequestFramer.__slots__})
+    assigned = set().union(*(_attribute_assignments(path) for path in
+                             (ROOT / "noflylist" / "transport").glob("*.py")))  # fmt: skip
+    # Positive controls: a state change, and one made by a tuple assignment.
+    assert {("connection.py", "Connection", "deadline"),
+            ("framing.py", "RequestFramer", "searched")} <= assigned  # fmt: skip
+    stray = sorted(entry for entry in assigned
+                   if entry[2] in owners and entry[1] not in owners[entry[2]])  # fmt: skip
+    assert stray == [], "only a Connection's methods may change its state"
+
+
 def test_the_wire_format_imports_nothing_of_the_server() -> None:
     imported = _imports(ROOT / "noflylist" / "wire.py") - {"__future__"}
     project = {name for name in imported if name.split(".")[0] in RUNTIME}

@@ -143,11 +143,13 @@ def test_any_other_failure_inside_the_framer_becomes_a_400_naming_its_class_not_
         raise exception("Big Bird")
 
     monkeypatch.setattr(http_framing, where, fail)
-    with socket.socket() as unconnected:  # the loop's framer is its Connection
-        for framer in (RequestFramer(), Connection(unconnected, 0.0, DEFAULT_LIMITS)):
-            framer.buffer += data
+    with socket.socket() as unconnected:  # the loop frames through its Connection
+        framer, connection = RequestFramer(), Connection(unconnected, 0.0, DEFAULT_LIMITS)
+        framer.buffer += data
+        connection.arrived(data, 0.0, 10.0)
+        for take_request in (framer.take_request, connection.take_request):
             with pytest.raises(RequestError) as raised:
-                framer.take_request(0.0)
+                take_request(0.0)
             assert raised.value.status == 400
             assert exception.__name__ in raised.value.reason
             assert "Big" not in raised.value.reason and "Bird" not in raised.value.reason

@@ -6,7 +6,8 @@ connection's framer):
 
 * :mod:`~noflylist.transport.framing`: the pure, strict RFC 9112 request framer and the
   response encoder (bytes in, :class:`~noflylist.transport.framing.Request` out; no sockets);
-* :mod:`~noflylist.transport.connection`: one connection's buffers and state;
+* :mod:`~noflylist.transport.connection`: one connection's state machine (it has a framer);
+  every change of a connection's state is one of its methods;
 * :mod:`~noflylist.transport.loop`: the selector loop, the only thread that touches a
   socket, applying every connection limit (fair turns, timeouts, buffer budgets);
 * :mod:`~noflylist.transport.workers`: the few threads that answer slow routes;

@@ -1,10 +1,14 @@
 """The client sockets of the connection loop: each one's state, and the mechanics of I/O.
 
 Mechanism only: no limit is chosen here. The loop (:mod:`noflylist.transport.loop`) decides
-who is accepted, how long a write or a linger may take and when a deadline has passed;
-:class:`ClientSockets` does the bookkeeping that must stay right however a connection ends:
-which sockets the selector watches and for what, and how many request bytes are buffered
-across all connections. Only the loop thread calls into this module.
+who is accepted, how long a write or a linger may take and when a deadline has passed, and
+commands the change. :class:`Connection` is one connection's state machine (READING, BUSY,
+WRITING, LINGERING, closed; its deadline, its framer and buffer, its answer in progress):
+every change of that state is one of its methods, so this file is the one to read to know
+what a connection can go through. :class:`ClientSockets` does the bookkeeping that must
+stay right however a connection ends: which sockets the selector watches and for what, and
+how many request bytes are buffered across all connections. Only the loop thread calls into
+this module.
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ __all__ = ["BUSY", "LINGERING", "READING", "WRITING", "ClientSockets", "Connecti
 READING, BUSY, WRITING, LINGERING = "reading", "busy", "writing", "lingering"
 
 
-class Connection(RequestFramer):
-    """One client socket and what has arrived on it; only the loop thread touches it."""
+class Connection:
+    """One client socket, its framer and where it stands; only the loop thread touches it.
+
+    This class owns a connection's state: every change to it is one of the methods below,
+    which the loop (:mod:`noflylist.transport.loop`) and :class:`ClientSockets` call; they
+    read its fields but never assign them.
+    """
 
     __slots__ = (
         "answered",
@@ -34,6 +43,7 @@ class Connection(RequestFramer):
         "continue_sent",
         "deadline",
         "events",
+        "framer",
         "lingered",
         "out",
         "pending",
@@ -42,8 +52,8 @@ class Connection(RequestFramer):
     )
 
     def __init__(self, sock: socket.socket, deadline: float, limits: Limits) -> None:
-        super().__init__(limits)
         self.sock = sock
+        self.framer = RequestFramer(limits)  # the bytes that have arrived, framed into requests
         self.continue_sent = False  # "100 Continue" was sent for the current head
         self.state = READING
         self.deadline = deadline  # time.monotonic() past which the loop gives up on it
@@ -55,13 +65,102 @@ class Connection(RequestFramer):
         self.pending = False  # bytes of the next request have arrived: its deadline runs
         self.answered = 0  # requests framed on this connection so far
 
+    @property
+    def buffered(self) -> int:
+        """Request bytes that have arrived and are not yet framed."""
+        return len(self.framer.buffer)
+
+    # While READING.
+
+    def arrived(self, data: bytes, now: float, request_timeout: float) -> None:
+        """Keep bytes a client sent; the first of a request starts its deadline."""
+        if not self.pending:
+            self.pending = True
+            self.deadline = now + request_timeout
+        self.framer.buffer += data
+
     def take_request(self, now: float) -> Request | None:
-        """Frame the next whole request from the buffer; ``None`` until it has all arrived."""
-        request = super().take_request(now)
+        """Frame the next whole request from the buffer; ``None`` until it has all arrived.
+        Raises only :class:`~noflylist.transport.framing.RequestError` (the framer's one
+        boundary)."""
+        request = self.framer.take_request(now)
         if request is not None:
             self.continue_sent = False
-            self.pending = bool(self.buffer)
+            self.pending = bool(self.framer.buffer)
+            self.answered += 1
         return request
+
+    def continue_due(self) -> bool:
+        """True once for a head that asked for ``100 Continue`` while its body is awaited:
+        the caller sends it now."""
+        head = self.framer.head
+        if head is None or not head.expect_continue or self.continue_sent:
+            return False
+        self.continue_sent = True
+        return True
+
+    def hand_off(self) -> None:
+        """A worker answers the request just taken: BUSY until its response is written."""
+        self.state = BUSY
+
+    # Writing a response.
+
+    def respond(self, *, close_after: bool) -> None:
+        """A response is about to be sent; ``close_after``: linger and close once it is out."""
+        self.close_after = close_after
+
+    def wait_to_send(self, rest: memoryview, deadline: float) -> None:
+        """The client has not taken all of a response: WRITING until ``rest`` is out."""
+        self.out = rest
+        self.state = WRITING
+        self.deadline = deadline
+
+    def sent(self, count: int, deadline: float) -> bool:
+        """``count`` more bytes of the rest went out; any progress moves the deadline to
+        ``deadline``. True once the rest is all out."""
+        self.out = self.out[count:]
+        if count:
+            self.deadline = deadline
+        return not self.out
+
+    def written(self, now: float, request_timeout: float, idle_timeout: float) -> bool:
+        """A response is out. True if the connection reads on (READING again, with the
+        deadline of a request already arriving, else of an idle one); False if it must now
+        linger and close."""
+        self.out = memoryview(b"")
+        if self.close_after:
+            return False
+        self.state = READING
+        self.deadline = now + (request_timeout if self.pending else idle_timeout)
+        return True
+
+    def watched(self, events: int) -> None:
+        """The selector now watches the socket for ``events`` (0: not at all)."""
+        self.events = events
+
+    # Ending.
+
+    def linger(self, deadline: float) -> int:
+        """LINGERING until ``deadline``: input is discarded from now on. Returns the request
+        bytes dropped from the buffer."""
+        self.state = LINGERING
+        self.deadline = deadline
+        return self._drop_input()
+
+    def discarded(self, count: int, limit: int) -> bool:
+        """``count`` more bytes arrived while LINGERING; True once more than ``limit`` have."""
+        self.lingered += count
+        return self.lingered > limit
+
+    def mark_closed(self) -> int:
+        """Closed: nothing more happens on it. Returns the request bytes dropped."""
+        self.closed = True
+        return self._drop_input()
+
+    def _drop_input(self) -> int:
+        dropped = len(self.framer.buffer)
+        self.framer.buffer.clear()
+        return dropped
 
 
 class ClientSockets:
@@ -96,7 +195,7 @@ class ClientSockets:
             self._selector.register(connection.sock, events, connection)
         else:
             self._selector.modify(connection.sock, events, connection)
-        connection.events = events
+        connection.watched(events)
 
     def receive(self, connection: Connection, size: int) -> bytes:
         """Up to ``size`` bytes that have arrived; ``b""`` if none yet or if the connection is
@@ -112,6 +211,20 @@ class ClientSockets:
             self.close(connection)
         return data
 
+    def arrived(self, connection: Connection, data: bytes, request_timeout: float) -> None:
+        """Keep ``data`` in ``connection``'s buffer, and count it in :attr:`buffered`."""
+        connection.arrived(data, time.monotonic(), request_timeout)
+        self.buffered += len(data)
+
+    def take_request(self, connection: Connection) -> Request | None:
+        """Frame ``connection``'s next whole request (see :meth:`Connection.take_request`);
+        the bytes it framed, or that a refusal consumed, leave :attr:`buffered`."""
+        before = connection.buffered
+        try:
+            return connection.take_request(time.monotonic())
+        finally:
+            self.buffered -= before - connection.buffered
+
     def send(self, connection: Connection, response: bytes, timeout: float) -> bool:
         """Send a whole response; True if it all went out at once. Else the rest waits for
         the client to read: the connection is WRITING, watched for room to send only, and
@@ -124,9 +237,7 @@ class ClientSockets:
             self.close(connection)
             return False
         if sent < len(response):
-            connection.out = memoryview(response)[sent:]
-            connection.state = WRITING
-            connection.deadline = time.monotonic() + timeout
+            connection.wait_to_send(memoryview(response)[sent:], time.monotonic() + timeout)
             self.watch(connection, selectors.EVENT_WRITE)
             return False
         return True
@@ -142,10 +253,7 @@ class ClientSockets:
         except OSError:
             self.close(connection)
             return False
-        connection.out = connection.out[sent:]
-        if sent:
-            connection.deadline = time.monotonic() + timeout
-        return not connection.out
+        return connection.sent(sent, time.monotonic() + timeout)
 
     def send_quietly(self, connection: Connection, data: bytes) -> None:
         """Best-effort small write (``100 Continue``); the client also proceeds without it."""
@@ -162,21 +270,16 @@ class ClientSockets:
         except OSError:
             self.close(connection)
             return
-        connection.state = LINGERING
-        self.buffered -= len(connection.buffer)
-        connection.buffer.clear()
-        connection.deadline = time.monotonic() + timeout
+        self.buffered -= connection.linger(time.monotonic() + timeout)
         self.watch(connection, selectors.EVENT_READ)
 
     def close(self, connection: Connection) -> None:
         """Close and forget ``connection``; closing it again does nothing."""
         if connection.closed:
             return
-        connection.closed = True
-        self.buffered -= len(connection.buffer)
-        connection.buffer.clear()
+        self.buffered -= connection.mark_closed()
         if connection.events:
             self._selector.unregister(connection.sock)
-            connection.events = 0
+            connection.watched(0)
         self._open.pop(connection.sock.fileno(), None)
         connection.sock.close()

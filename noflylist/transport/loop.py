@@ -238,17 +238,12 @@ class ConnectionLoop:
         if not data:
             return  # nothing yet, or closed (a partial request is dropped)
         if connection.state == LINGERING:
-            connection.lingered += len(data)
-            if connection.lingered > limits.linger_bytes:
+            if connection.discarded(len(data), limits.linger_bytes):
                 self._sockets.close(connection)
             return
-        if not connection.pending:
-            connection.pending = True
-            connection.deadline = time.monotonic() + limits.request_timeout
-        connection.buffer += data
-        self._sockets.buffered += len(data)
+        self._sockets.arrived(connection, data, limits.request_timeout)
         over_budget = self._sockets.buffered > limits.max_buffered_bytes
-        if over_budget and len(connection.buffer) > limits.max_head_bytes:
+        if over_budget and connection.buffered > limits.max_head_bytes:
             self._on_event("shed_over_memory")
             reason = "the server is short of memory for request bodies; retry shortly"
             self._write(connection, self._app.reject(503, reason), close=True)
@@ -260,29 +255,23 @@ class ConnectionLoop:
         ``requests_per_turn``, fewer if one goes to a worker or an answer waits for the
         client to read it. Then read on, or wait for the next turn if more is buffered."""
         for _ in range(self._limits.requests_per_turn):
-            before = len(connection.buffer)
             try:
-                request = connection.take_request(time.monotonic())
+                request = self._sockets.take_request(connection)
             except RequestError as exc:
-                self._sockets.buffered -= before - len(connection.buffer)
                 self._write(connection, self._app.reject(exc.status, exc.reason), close=True)
                 return
-            self._sockets.buffered -= before - len(connection.buffer)
             if request is None:
-                head = connection.head
-                if head is not None and head.expect_continue and not connection.continue_sent:
-                    connection.continue_sent = True
+                if connection.continue_due():
                     self._sockets.send_quietly(connection, b"HTTP/1.1 100 Continue\r\n\r\n")
                 self._sockets.watch(connection, selectors.EVENT_READ)
                 return
-            connection.answered += 1
             if connection.answered >= self._limits.keepalive_requests and request.keep_alive:
                 self._on_event("closed_request_limit")  # this answer says Connection: close
                 request.keep_alive = False
             if self._stopping.is_set():
                 request.keep_alive = False
             if not self._app.is_quick(request):
-                connection.state = BUSY
+                connection.hand_off()
                 self._sockets.watch(connection, 0)
                 self._workers.submit(connection, request)
                 return
@@ -295,7 +284,7 @@ class ConnectionLoop:
         """After an answer: read on if nothing else is buffered, else queue the connection
         for its next turn and read no more until the buffer is worked off (so a pipelining
         client cannot grow it)."""
-        if connection.buffer:
+        if connection.buffered:
             self._sockets.watch(connection, 0)
             self._ready.append(connection)
         else:
@@ -308,7 +297,7 @@ class ConnectionLoop:
 
     def _write(self, connection: Connection, response: bytes, *, close: bool) -> bool:
         """Send a whole response; True if it went out and the connection reads on."""
-        connection.close_after = close or self._stopping.is_set()
+        connection.respond(close_after=close or self._stopping.is_set())
         sent = self._sockets.send(connection, response, self._limits.send_timeout)
         return sent and self._written(connection)
 
@@ -319,16 +308,11 @@ class ConnectionLoop:
 
     def _written(self, connection: Connection) -> bool:
         """A response is out: linger and close, or wait for the next request."""
-        connection.out = memoryview(b"")
-        if connection.close_after:
-            self._sockets.linger(connection, self._limits.linger_timeout)
-            return False
-        connection.state = READING
         limits = self._limits
-        connection.deadline = time.monotonic() + (
-            limits.request_timeout if connection.pending else limits.idle_timeout
-        )
-        return True
+        if connection.written(time.monotonic(), limits.request_timeout, limits.idle_timeout):
+            return True
+        self._sockets.linger(connection, limits.linger_timeout)
+        return False
 
     def _sweep(self, now: float) -> None:
         """Close connections past their deadline."""
