@@ -90,8 +90,9 @@ class Service:
             lambda: float(self.kms.errors if self.kms else 0),
         )
         self.holder = ListHolder(
-            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open
-        )
+            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open,
+            match_rule=config.match,
+        )  # fmt: skip
         self.server = Server(
             self.holder,
             self.metrics,
@@ -104,8 +105,9 @@ class Service:
         self._stop = threading.Event()
         self._wake = threading.Event()
         log.info(
-            "noflylist: starting; attestation %s, region %s, credentials from %s",
+            "noflylist: starting; attestation %s, match rule %s, region %s, credentials from %s",
             config.attestation,
+            config.match,
             self._region or "from IMDS at the first load",
             self._credentials.source,
         )
