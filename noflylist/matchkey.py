@@ -42,6 +42,11 @@ Same work for every query of a rule: the same number of keys and look-ups
 and :func:`check_rule` refuses a table built under another.
 """
 
+# The tables below hold Cyrillic and Greek letters as themselves, which is what ruff's
+# ambiguous-character rules flag; tests/test_matchkey.py checks that each table's letters
+# are of its script and its values plain ASCII letters.
+# ruff: noqa: RUF001, RUF002, RUF003
+
 from __future__ import annotations
 
 import hashlib
@@ -227,11 +232,10 @@ def normalize(name: str) -> str:
 def _fold_1(name: str) -> Keys:
     if name.isascii():
         return _fold_1_ascii(name)
-    text, digit_at = _prepare(name)
-    text = unicodedata.normalize("NFKC", text)
-    look = _tokens(_reading_a(text))
-    spelled = _tokens(_reading_b(text))
-    return Keys((*_orders(look), *_orders(spelled)), digit_at)
+    looks, spelled, digit_at = _prepare(name)
+    look = _tokens(_reading_a(unicodedata.normalize("NFKC", looks)))
+    spell = _tokens(_reading_b(unicodedata.normalize("NFKC", spelled)))
+    return Keys((*_orders(look), *_orders(spell)), digit_at)
 
 
 def _fold_1_ascii(name: str) -> Keys:
@@ -249,36 +253,46 @@ def _fold_1_ascii(name: str) -> Keys:
     return Keys((*_orders(_untitled(look)), *_orders(_untitled(spelled))), digit_at)
 
 
-def _prepare(name: str) -> tuple[str, int | None]:
+def _prepare(name: str) -> tuple[str, str, int | None]:
     """``name`` with apostrophes and ignorables removed, blanks and the MRZ filler as spaces
-    and every decimal digit as an ASCII one; and the position of the first digit.
+    and every decimal digit as an ASCII one, twice: for reading A with punctuation and
+    separators kept (UTS #39 gives some a letter's prototype: ``¡`` looks like ``i``), for
+    reading B with them as spaces (as written, ``¡`` separates); and the position of the
+    first digit.
 
     Raises :class:`MatchKeyError` for a character that is not a letter, mark, digit,
     punctuation or separator, even after compatibility decomposition."""
-    out = []
+    looks = []
+    spelled = []
     digit_at = None
     for position, char in enumerate(name):
         if char in _APOSTROPHES:
             continue
         if char in _BLANKS or char == _MRZ_FILLER:
-            out.append(" ")
+            looks.append(" ")
+            spelled.append(" ")
             continue
         if ord(char) in _TABLES.ignorable:
             continue
         category = unicodedata.category(char)
         major = category[0]
-        if major in "LMPZ" or char.isspace():
-            out.append(char)
+        if major in "PZ" or char.isspace():
+            looks.append(char)
+            spelled.append(" ")
+            continue
+        if major in "LM":
+            pass
         elif category == "Nd":
             digit_at = position if digit_at is None else digit_at
-            out.append(str(unicodedata.decimal(char)))
+            char = str(unicodedata.decimal(char))
         elif major == "N" and _reads_as_letters(char):  # Roman numerals, circled digits
             if any(c.isdigit() for c in unicodedata.normalize("NFKC", char)):
                 digit_at = position if digit_at is None else digit_at
-            out.append(char)
         else:
             raise MatchKeyError(ord(char), position, _what(char))
-    return "".join(out), digit_at
+        looks.append(char)
+        spelled.append(char)
+    return "".join(looks), "".join(spelled), digit_at
 
 
 def _reads_as_letters(char: str) -> bool:
@@ -398,7 +412,7 @@ def _load_tables() -> _Tables:
         fallback[code] = "i" if prototype == "l" else prototype
     look.update(small)  # a small capital is its letter, whatever UTS #39 says (ᴍ -> ʍ)
     fallback.update(small)
-    ignorable = set()
+    ignorable: set[int] = set()
     for (field,) in sections["ignorable"]:
         first, _, last = field.partition("..")
         ignorable.update(range(int(first, 16), int(last or first, 16) + 1))

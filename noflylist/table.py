@@ -33,12 +33,11 @@ import hmac
 import math
 import random
 import secrets
-from collections.abc import Iterable
-
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from enclave.errors import NoflylistError
 from noflylist import matchkey
+from noflylist.matchkey import normalize as normalize  # re-exported: the exact rule's key
 
 #: BLAKE2b key length: 256 bits, so nobody can recompute a fingerprint without the key.
 _KEY_BYTES = 32

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from noflylist import matchkey
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
 from noflylist.sources import FileSource
@@ -64,7 +65,9 @@ def start_server(tmp_path: Path, **server_options: object) -> tuple[Server, thre
     path = tmp_path / "envelope.json"
     path.write_bytes(seal.seal_v2(LISTED, kms, "k", serial=1))
     metrics = Metrics()
-    holder = ListHolder(FileSource(str(path)), kms, metrics)
+    # exact: the battery echoes arbitrary names (``<script>``), which fold-1 refuses
+    # (tests/test_matchkey.py); here the transport is under test.
+    holder = ListHolder(FileSource(str(path)), kms, metrics, match_rule=matchkey.EXACT)
     holder.reload(only_if_changed=False)
     server = Server(holder, metrics, host="127.0.0.1", port=0, **server_options)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, name="server-under-test", daemon=True)
