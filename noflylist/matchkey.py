@@ -98,9 +98,10 @@ _MARKS_AFTER_ASCII: Final = re.compile(
 
 # ICAO Doc 9303 Part 3 (8th ed.), section 6, table A "Transliteration of multinational
 # Latin-based characters": the letters not written as their base letter (every other letter
-# with a diacritic is, which NFD and mark removal do). Lower case: reading B case-folds first.
+# with a diacritic is, which NFD and mark removal do). Case-folded, as reading B looks them up
+# (case folding already writes ß as ss, as the table does).
 _ICAO_LATIN: Final = {
-    "ä": "ae", "å": "aa", "æ": "ae", "ð": "d", "ö": "oe", "ø": "oe", "ü": "ue", "ß": "ss",
+    "ä": "ae", "å": "aa", "æ": "ae", "ð": "d", "ö": "oe", "ø": "oe", "ü": "ue",
     "þ": "th", "ĳ": "ij", "œ": "oe", "ŋ": "n", "ı": "i", "ł": "l", "ħ": "h", "đ": "d",
     "ŀ": "l",
 }  # fmt: skip
@@ -114,11 +115,12 @@ _ICAO_CYRILLIC: Final = {
     "щ": "shch", "ъ": "ie", "ы": "y", "ь": "", "э": "e", "ю": "iu", "я": "ia",
 }  # fmt: skip
 # ELOT 743 (2001), type 2 "transcription", the one Greek passports use; the conversion table
-# of UN resolution V/19's annex. Single letters; the digraphs are _greek() below.
+# of UN resolution V/19's annex. Single letters (case folding makes final ς a σ); the
+# digraphs are _greek() below.
 _ELOT_743: Final = {
     "α": "a", "β": "v", "γ": "g", "δ": "d", "ε": "e", "ζ": "z", "η": "i", "θ": "th",
     "ι": "i", "κ": "k", "λ": "l", "μ": "m", "ν": "n", "ξ": "x", "ο": "o", "π": "p",
-    "ρ": "r", "σ": "s", "ς": "s", "τ": "t", "υ": "y", "φ": "f", "χ": "ch", "ψ": "ps",
+    "ρ": "r", "σ": "s", "τ": "t", "υ": "y", "φ": "f", "χ": "ch", "ψ": "ps",
     "ω": "o", "ϊ": "i", "ϋ": "y",
 }  # fmt: skip
 #: Greek vowels with tonos, as the same vowel (ELOT 743 writes the accent only optionally).
