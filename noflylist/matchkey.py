@@ -249,10 +249,13 @@ def _fold_1_ascii(name: str) -> Keys:
         raise MatchKeyError(ord(char), symbol.start(), _what(char))
     digit = _ASCII_DIGIT.search(name)
     lowered = name.replace("'", "").replace("`", "").lower()
+    if digit is None:  # the common case: both readings are the name as written
+        tokens = _untitled([t for t in _NOT_ASCII_LETTER.split(lowered) if t])
+        joined, ordered = "".join(tokens), "".join(sorted(tokens))
+        return Keys((joined, ordered, joined, ordered), None)
     look = [t for t in _NOT_ASCII_LETTER.split(lowered.translate(_DIGITS_A)) if t]
     spelled = [t for t in _NOT_ASCII_LETTER.split(lowered.translate(_DIGITS_B)) if t]
-    digit_at = None if digit is None else digit.start()
-    return Keys((*_orders(_untitled(look)), *_orders(_untitled(spelled))), digit_at)
+    return Keys((*_orders(_untitled(look)), *_orders(_untitled(spelled))), digit.start())
 
 
 def _prepare(name: str) -> tuple[str, str, int | None]:
