@@ -40,6 +40,14 @@ Same work for every query of a rule: the same number of keys and look-ups
 (:mod:`noflylist.decision`). The keys depend on the Unicode version of the running Python
 (NFKC, case folding, categories) and of the tables; :func:`rule_identity` names all three,
 and :func:`check_rule` refuses a table built under another.
+
+Where the rule is recorded: a table records the rule it was built under
+(:attr:`noflylist.table.ScreeningTable.rule`), and the load's log line names its
+:func:`rule_identity`. A v2 or fernet envelope holds the names themselves (clear only inside
+the enclave) and records no rule: the enclave keys them under its ``--match``, so a list
+sealed before fold-1 existed is matched under fold-1 at once, with nothing to reseal. A list
+sealed with its keys (a prebuilt table) must record the identity it was keyed under, and
+:func:`check_rule` refuses another, saying how to reseal.
 """
 
 # The tables below hold Cyrillic and Greek letters as themselves, which is what ruff's
