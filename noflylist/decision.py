@@ -153,7 +153,11 @@ def decide(table: Lookup | None, raw_name: str, label: str = "the name") -> Verd
     if table is None:
         return UNAVAILABLE
     try:
-        keyed = matchkey.keys(raw_name, table.rule)
+        rule = table.rule
+        keyed = (
+            matchkey.Keys((admitted,), None) if rule == matchkey.EXACT  # keyed by admit()
+            else matchkey.keys(raw_name, rule)
+        )  # fmt: skip
     except matchkey.MatchKeyError as exc:
         return Refused(f"{label} {exc}")
     if not keyed.keys[0]:
