@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 
-from noflylist.table import answer
+from noflylist.decision import answer
 from noflylist.tools.demo import SAMPLE_NAMES
 
 FLOOD_CONNECTIONS = 50

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from enclave.credentials import CredentialProvider  # noqa: E402
 from enclave.kms import KMSClient  # noqa: E402
-from noflylist.table import answer  # noqa: E402
+from noflylist.decision import answer  # noqa: E402
 from noflylist.tools import seal  # noqa: E402
 from noflylist_simulator.ca import load_or_create  # noqa: E402
 from noflylist_simulator.kms_server import LocalKMS  # noqa: E402

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from enclave.nsm import NSM_DEVICE_PATH
+from noflylist.matchkey import DEFAULT_RULE, RULES
 
 #: Where the NSM device appears inside a Nitro Enclave; its presence makes ``nsm`` the default.
 NSM_DEVICE = NSM_DEVICE_PATH
@@ -73,6 +74,12 @@ OPTIONS = {
     "workers": Option(
         "--workers", "NOFLYLIST_WORKERS", f"worker threads (default {DEFAULT_WORKERS})"
     ),
+    "match": Option(
+        "--match",
+        "NOFLYLIST_MATCH",
+        f"how names are compared: {' or '.join(RULES)} (default {DEFAULT_RULE}; exact is the "
+        "public demo's rule: case, spaces and compatibility forms only)",
+    ),
     "simulator_state": Option(
         "--simulator-state",
         "NOFLYLIST_SIMULATOR_STATE",
@@ -93,6 +100,8 @@ class ServeConfig:
     key_id: str | None = None
     log_format: str = LOG_FORMATS[0]
     workers: int = DEFAULT_WORKERS
+    #: The match rule (noflylist.matchkey.RULES) the list is keyed under.
+    match: str = DEFAULT_RULE
     simulator_state: str | None = None
 
 
@@ -115,6 +124,9 @@ def build_serve_config(
     log_format = value("log_format") or LOG_FORMATS[0]
     if log_format not in LOG_FORMATS:
         raise ConfigError(_named("log_format", f"must be {' or '.join(LOG_FORMATS)}"))
+    match = value("match") or DEFAULT_RULE
+    if match not in RULES:
+        raise ConfigError(_named("match", f"must be {' or '.join(RULES)}"))
     simulator_state = value("simulator_state")
     if attestation == AttestationMode.SIMULATED and not simulator_state:
         raise ConfigError(_named("simulator_state", "is required with --attestation simulated"))
@@ -127,6 +139,7 @@ def build_serve_config(
         key_id=value("key_id"),
         log_format=log_format,
         workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, MIN_WORKERS, MAX_WORKERS),
+        match=match,
         simulator_state=simulator_state,
     )
 

@@ -1,18 +1,26 @@
-"""The decision, whole: admit a name, normalise it once, look it up, answer, fail closed.
+"""The decision, whole: admit a name, key it once, look the keys up, answer, fail closed.
 
 This is the file to read first. :func:`decide` is the only function in the service that
 turns a name into a verdict; both screening routes (``GET /enclave/passenger`` and
 ``POST /v1/screen``, in :mod:`noflylist.routes`) call it and act on what it returns,
-and nothing else looks a name up. It has no I/O and imports only the standard library: the
-list arrives as a :class:`Lookup` (the keyed-digest table of :mod:`noflylist.table`, built
-with this file's :func:`normalize`) or as ``None`` while no list is loaded, and a query
-arrives as the name exactly as the client wrote it.
+and nothing else looks a name up. It has no I/O and imports only the standard library and
+:mod:`noflylist.matchkey` (the match rules, themselves standard library only): the list
+arrives as a :class:`Lookup` (the keyed-digest table of :mod:`noflylist.table`, built under
+one match rule, which it records) or as ``None`` while no list is loaded, and a query arrives
+as the name exactly as the client wrote it.
+
+The query is keyed under the table's rule (``serve --match``, default ``fold-1``), into that
+rule's fixed number of keys (:data:`noflylist.matchkey.KEYS_PER_NAME`), and every key is
+looked up, whatever the name: the same work for every query of a rule.
 
 The four verdicts:
 
 * :class:`Listed` / :class:`Cleared`: the name was admitted and looked up;
 * :class:`Refused`: the name cannot be screened reliably (too long, an invisible or control
-  character, empty); ``reason`` says why and where, never the name. Answered 400;
+  character, empty; under fold-1 also a character that is no part of a name, named by code
+  point, and a name with digits that matches nothing: a name has no digits, so it is matched
+  through the letters they stand for or refused, never cleared); ``reason`` says why and
+  where, never the name. Answered 400;
 * :class:`Unavailable`: no list is loaded, so the service cannot say "cleared" (fail
   closed). Answered 503. Admission comes first, so a bad name is refused even then.
 
@@ -46,7 +54,11 @@ What leaves the process, and the test that guards each exit (all in ``tests/``):
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from typing import Final, Protocol
+
+from noflylist import matchkey
+from noflylist.matchkey import normalize
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -76,13 +88,17 @@ _CATEGORY_WORDS: Final = {
 
 
 class Lookup(Protocol):
-    """A list of names to look a normalised name up in (:class:`noflylist.table.ScreeningTable`).
+    """A list of names to look a query's keys up in (:class:`noflylist.table.ScreeningTable`).
 
-    The contract this file relies on: the same work whatever the answer, and names in it
-    normalised by :func:`normalize`, as the query is.
+    The contract this file relies on: the same work whatever the answer (for a given number
+    of keys), and every listed name stored under all its keys under :attr:`rule`, the rule
+    the query is keyed under.
     """
 
-    def contains_normalised(self, normalised: str) -> bool: ...
+    @property
+    def rule(self) -> str: ...
+
+    def contains_any(self, keys: Sequence[str]) -> bool: ...
 
 
 class Listed:
@@ -126,29 +142,52 @@ UNAVAILABLE: Final = Unavailable()
 def decide(table: Lookup | None, raw_name: str, label: str = "the name") -> Verdict:
     """The verdict for ``raw_name``, as the client wrote it, against ``table``.
 
-    In order: admission and normalisation, once (:func:`admit`); fail closed (``table`` is
-    ``None``: :data:`UNAVAILABLE`); the look-up. ``label`` says where the name was in the
-    request (``"the name"``, ``"names[3]"``) for a refusal's reason.
+    In order: admission (:func:`admit`); fail closed (``table`` is ``None``:
+    :data:`UNAVAILABLE`); keying under the table's rule, once; the look-up of every key.
+    ``label`` says where the name was in the request (``"the name"``, ``"names[3]"``) for a
+    refusal's reason.
     """
     admitted = admit(raw_name, label)
     if isinstance(admitted, Refused):
         return admitted
     if table is None:
         return UNAVAILABLE
-    return LISTED if table.contains_normalised(admitted) else CLEARED
+    try:
+        rule = table.rule
+        keyed = (
+            matchkey.Keys((admitted,), None) if rule == matchkey.EXACT  # keyed by admit()
+            else matchkey.keys(raw_name, rule)
+        )  # fmt: skip
+    except matchkey.MatchKeyError as exc:
+        return Refused(f"{label} {exc}")
+    if not keyed.keys[0]:
+        return Refused(f"{label} has no letters (only punctuation, spaces or titles)")
+    if table.contains_any(keyed.keys):
+        return LISTED
+    if keyed.digit_at is not None:
+        digit = ord(raw_name[keyed.digit_at])
+        return Refused(
+            f"{label} has the digit U+{digit:04X} at position {keyed.digit_at} and matches "
+            "no listed name through the letters digits stand for; a name has no digits: "
+            "write it in letters"
+        )
+    return CLEARED
 
 
 def admit(raw_name: str, label: str) -> str | Refused:
-    """``raw_name`` normalised, or why it cannot be screened reliably.
+    """``raw_name`` normalised (under ``exact``), or why it cannot be screened reliably.
 
-    A name must be 1 to :data:`MAX_NAME_CHARS` characters, not only whitespace, and contain no
-    character of Unicode category C: controls (Cc: C0, DEL, C1), format characters (Cf:
-    zero-width joiners, bidi overrides, soft hyphen, BOM), surrogates (Cs), private use (Co)
-    or unassigned code points (Cn). Format characters are refused because :func:`normalize`
-    keeps them: "Big\\u200bBird" would otherwise screen as a different name from "Big Bird".
-    Unassigned code points are refused because their normalisation may change with the next
-    Unicode version. The reason gives the category and the position, never the character.
-    The length is checked first, so an over-long name costs no normalisation.
+    Every rule's first step. A name must be 1 to :data:`MAX_NAME_CHARS` characters, not only
+    whitespace, and contain no character of Unicode category C: controls (Cc: C0, DEL, C1),
+    format characters (Cf: zero-width joiners, bidi overrides, soft hyphen, BOM), surrogates
+    (Cs), private use (Co) or unassigned code points (Cn). Format characters are refused
+    because :func:`normalize` keeps them: "Big\u200bBird" would otherwise screen as a
+    different name from "Big Bird"; and a bidi control reorders what a reader sees, so no
+    rule can tell which name it shows. (Under fold-1 the other Default_Ignorable characters,
+    which are not Cf, are removed: :mod:`noflylist.matchkey`.) Unassigned code points are
+    refused because their normalisation may change with the next Unicode version. The
+    reason gives the category, the code point and the position, never the name. The length
+    is checked first, so an over-long name costs no normalisation.
     """
     if len(raw_name) > MAX_NAME_CHARS:
         return Refused(f"{label} is longer than {MAX_NAME_CHARS} characters")
@@ -158,44 +197,13 @@ def admit(raw_name: str, label: str) -> str | Refused:
             if category[0] == "C":
                 return Refused(
                     f"{label} contains a {_CATEGORY_WORDS[category]} character (Unicode "
-                    f"category {category}) at position {position}; remove it"
+                    f"category {category}, U+{ord(char):04X}) at position {position}; "
+                    "remove it"
                 )
     normalised = normalize(raw_name)
     if not normalised:
         return Refused(f"{label} is empty or only whitespace")
     return normalised
-
-
-def normalize(name: str) -> str:
-    """Return the form of ``name`` that list entries and queries are compared in.
-
-    One function for both, so the list (at load, :meth:`noflylist.table.ScreeningTable.build`)
-    and the query (here) can never disagree. The public demo removed all whitespace and
-    lowercased (``"Big Bird"`` -> ``"bigbird"``); this does the same for ASCII and extends it
-    to Unicode, in this order:
-
-    1. NFKC, first, so compatibility forms become ordinary letters *before* case folding:
-       full-width letters (U+FF22 U+FF29 U+FF27) -> ``"BIG"``, ligature ``"ﬁ"`` -> ``"fi"``,
-       ``"㎒"`` -> ``"MHz"``, NBSP and ideographic space -> ``" "``, ``"e"`` + combining acute
-       -> ``"é"``.
-    2. Case folding (``str.casefold``), which is stronger than ``lower``: ``"ß"`` -> ``"ss"``,
-       final sigma U+03C2 -> sigma U+03C3.
-    3. Drop every character for which ``str.isspace()`` is true.
-    4. NFKC again, because case folding can leave a decomposed sequence (``"ǰ"`` -> ``"j"`` +
-       combining caron) and step 3 can put a combining mark (from ``"¨"`` -> ``" "`` + U+0308)
-       next to a new base letter. Doing this after step 3 makes the function idempotent, so a
-       list that its producer already normalised with this function is left unchanged. This
-       last step introduces no whitespace (the tests check every code point).
-
-    Only whitespace is removed; other invisible characters (e.g. U+200B) are kept, which is
-    why :func:`admit` refuses them in a query. Results follow the Unicode version of the
-    running Python, which is the same at load and lookup.
-    """
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    # str.split() with no argument splits on exactly the characters for which str.isspace()
-    # is true; joining the pieces drops them, as the public demo did.
-    without_space = "".join(folded.split())
-    return unicodedata.normalize("NFKC", without_space)
 
 
 def answer(name: str, listed: bool) -> str:

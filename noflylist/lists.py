@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from enclave.errors import NoflylistError
-from noflylist import envelope
+from noflylist import envelope, matchkey
 from noflylist.metrics import Metrics
 from noflylist.sources import Source
 from noflylist.table import ScreeningTable
@@ -186,6 +186,7 @@ class ListHolder:
         *,
         pinned_key_id: str | None = None,
         opener: Opener | None = None,
+        match_rule: str = matchkey.DEFAULT_RULE,
     ) -> None:
         self._opened: tuple[Source, envelope.DataKeyDecryptor] | None = None
         if source is not None and decryptor is not None and opener is None:
@@ -194,6 +195,9 @@ class ListHolder:
             raise ValueError("give a source and a decryptor, or an opener instead of both")
         self._opener = opener
         self._pinned_key_id = pinned_key_id
+        if match_rule not in matchkey.RULES:
+            raise ValueError(f"unknown match rule {match_rule!r}; one of {matchkey.RULES}")
+        self._match_rule = match_rule
         self._metrics = metrics
         self._load_lock = threading.Lock()
         self._state_lock = threading.Lock()  # short: a status update, never held over I/O
@@ -389,9 +393,16 @@ class ListHolder:
         parsed = envelope.parse(data)
         _check_not_older(parsed, current)
         names = envelope.decrypt(parsed, decryptor, pinned_key_id=self._pinned_key_id)
-        table = ScreeningTable.build(names)
+        # v2 and fernet envelopes carry the names, not their keys, and record no match
+        # rule: the names are keyed here, under the rule this service is configured with.
+        table = ScreeningTable.build(names, self._match_rule)
         del names
-        log.info("envelope decrypted and table built in %.2f s", time.monotonic() - started)
+        log.info(
+            "envelope decrypted and table built in %.2f s: %d keys under match rule %s",
+            time.monotonic() - started,
+            table.stored_keys,
+            matchkey.rule_identity(table.rule),
+        )
         return ListInService(
             table, parsed.serial, parsed.format, digest, time.time(), fetched.version
         )

@@ -91,8 +91,9 @@ class Service:
             lambda: float(self.kms.errors if self.kms else 0),
         )
         self.holder = ListHolder(
-            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open
-        )
+            None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open,
+            match_rule=config.match,
+        )  # fmt: skip
         routes = Routes(
             self.holder,
             self.metrics,
@@ -105,8 +106,9 @@ class Service:
         self._stop = threading.Event()
         self._wake = threading.Event()
         log.info(
-            "noflylist: starting; attestation %s, region %s, credentials from %s",
+            "noflylist: starting; attestation %s, match rule %s, region %s, credentials from %s",
             config.attestation,
+            config.match,
             self._region or "from IMDS at the first load",
             self._credentials.source,
         )

@@ -1,24 +1,28 @@
-"""The list in memory: keyed digests of normalised names, looked up in fixed work.
+"""The list in memory: keyed digests of match keys, looked up in fixed work.
 
-The decision itself (admit, normalise, look up, fail closed) is :mod:`noflylist.decision`;
-this is the table it looks names up in. It has no I/O: the list arrives as an iterable of names
+The decision itself (admit, key, look up, fail closed) is :mod:`noflylist.decision`; this is
+the table it looks names up in. It has no I/O: the list arrives as an iterable of names
 (already decrypted elsewhere).
 
 What an auditor should be able to check here:
 
-* **Normalisation** is :func:`noflylist.decision.normalize`, used both for list entries here at
-  load and for queries in :func:`noflylist.decision.decide`, so the two can never disagree.
+* **Match keys** are :func:`noflylist.matchkey.keys`, under the rule the table is built with
+  (recorded in it, :attr:`ScreeningTable.rule`), used both for list entries here at load and
+  for queries in :func:`noflylist.decision.decide`, so the two can never disagree. Every key
+  of every listed name is stored (fold-1: up to four a name, most names give one or two).
 * **No plaintext is kept.** :class:`ScreeningTable` stores only 16-byte keyed BLAKE2b digests
   ("fingerprints") under a random key made for this process, held only in memory and never
   returned, printed or serialised. After :meth:`ScreeningTable.build` returns, the table
   references no name.
 * **Every lookup does the same work** whether the name is listed, absent or one letter away
-  from a listed name: one keyed hash, then exactly eight :func:`hmac.compare_digest` calls
-  against the eight fixed-size slots of the name's two candidate buckets, counted without an
-  early exit. (Python promises no cycle-exact timing; the point is that no code path depends
-  on membership. ``bench/bench_screening.py`` and ``bench/bench_timing.py`` measure it.)
+  from a listed name: for each of the rule's keys (a fixed number,
+  :data:`noflylist.matchkey.KEYS_PER_NAME`), one keyed hash, then exactly eight
+  :func:`hmac.compare_digest` calls against the eight fixed-size slots of the key's two
+  candidate buckets, counted without an early exit. (Python promises no cycle-exact timing;
+  the point is that no code path depends on membership. ``bench/bench_screening.py`` and
+  ``bench/bench_timing.py`` measure it.)
 * **Compact.** The slots live in one ``bytes`` buffer (a bucketed cuckoo table, 2 buckets x 4
-  slots), about 18 bytes a listed name; a Python ``set`` of the names takes about 100
+  slots), about 18 bytes a stored key; a Python ``set`` of the names takes about 100
   (``bench/README.md`` has the measurements).
 """
 
@@ -29,30 +33,37 @@ import hmac
 import math
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from enclave.errors import NoflylistError
-from noflylist.decision import normalize
+from noflylist import matchkey
+from noflylist.matchkey import normalize as normalize  # re-exported: the exact rule's key
 
 #: BLAKE2b key length: 256 bits, so nobody can recompute a fingerprint without the key.
 _KEY_BYTES = 32
 #: Fingerprint length. One bit is the "occupied" flag, so 127 bits are random: the chance that
 #: an unlisted name matches one of the 8 slots it is compared with is at most 8 / 2**127.
 _FINGERPRINT_BYTES = 16
+#: The two halves of a fingerprint, as the bits of one little-endian number.
+_HALF_BITS = _FINGERPRINT_BYTES * 4
+_HALF_MASK = (1 << _HALF_BITS) - 1
 #: Marks a slot as occupied: every real fingerprint has this bit set in its first byte.
 _OCCUPIED_FLAG = 0x80
 #: An empty slot is all zero bytes. It can never equal a real fingerprint, whose first byte
 #: always has _OCCUPIED_FLAG set; so empty slots need no separate bookkeeping at lookup.
 _EMPTY_SLOT = bytes(_FINGERPRINT_BYTES)
-#: Slots per bucket; 4 x 16 bytes = one 64-byte cache line.
+#: Slots per bucket; 4 x 16 bytes = one 64-byte cache line. (ScreeningTable.contains_any
+#: writes the four comparisons out: change it with these.)
 _SLOTS_PER_BUCKET = 4
 _BUCKET_BYTES = _SLOTS_PER_BUCKET * _FINGERPRINT_BYTES
 #: Fill the table to at most 90 %. Two-choice, four-slot cuckoo tables fill to about 97 %
 #: before insertion fails, so this leaves margin while costing about 17.8 bytes a name.
 _TARGET_LOAD = 0.90
-#: Listed or not, by the number of slots that matched in a lookup: a fingerprint is stored
-#: once, so 0 or 1, or 2 when both of its candidate buckets are the same bucket.
-_LISTED_FOR_MATCHES = (False, True, True)
+#: Listed or not, by the number of slots that matched in a lookup of one or more keys: a
+#: fingerprint is stored once, so each key matches 0 or 1 slots, or 2 when both of its
+#: candidate buckets are the same bucket.
+_MAX_KEYS = max(matchkey.KEYS_PER_NAME.values())
+_LISTED_FOR_MATCHES = (False,) + (True,) * (2 * _MAX_KEYS)
 #: Bound on one insertion's chain of evictions; a longer chain means "rebuild".
 _MAX_KICKS = 500
 #: Bound on rebuilds (each with 10 % more buckets) before giving up.
@@ -83,10 +94,10 @@ def _candidate_buckets(fingerprint: bytes, buckets: int) -> tuple[int, int]:
     bucket without knowing the name. The two may coincide; a lookup then compares that bucket
     twice, which keeps the work the same.
     """
-    half = _FINGERPRINT_BYTES // 2
-    first = int.from_bytes(fingerprint[:half], "little") % buckets
-    second = int.from_bytes(fingerprint[half:], "little") % buckets
-    return first, second
+    # One conversion: the low 64 bits of the little-endian number are the first half's
+    # value, the high 64 bits the second half's.
+    value = int.from_bytes(fingerprint, "little")
+    return (value & _HALF_MASK) % buckets, (value >> _HALF_BITS) % buckets
 
 
 def _buckets_for(entries: int) -> int:
@@ -152,100 +163,158 @@ def _insert(
 
 
 def _place_all(
-    slots: bytearray, buckets: int, fingerprints: bytearray, rng: random.Random
-) -> int | None:
-    """Insert every fingerprint once; the number of distinct ones, or None to rebuild."""
-    entries = 0
-    for start in range(0, len(fingerprints), _FINGERPRINT_BYTES):
-        fingerprint = bytes(fingerprints[start : start + _FINGERPRINT_BYTES])
-        placed = _insert(slots, buckets, fingerprint, rng)
-        if placed is False:
-            return None
-        if placed:
-            entries += 1
-    return entries
+    slots: bytearray, buckets: int, fingerprints: bytearray, groups: bytes, rng: random.Random
+) -> tuple[int, int] | None:
+    """Insert every fingerprint once; the numbers of distinct names and of distinct
+    fingerprints, or None to rebuild.
+
+    ``groups`` holds, for each name in turn, how many of the fingerprints are its keys; a
+    name is distinct if one of its keys was not in the table yet (a repeat of a name, or a
+    name whose every key another name already gave, adds nothing)."""
+    names = placed_count = 0
+    start = 0
+    for count in groups:
+        new = False
+        for _ in range(count):
+            fingerprint = bytes(fingerprints[start : start + _FINGERPRINT_BYTES])
+            start += _FINGERPRINT_BYTES
+            placed = _insert(slots, buckets, fingerprint, rng)
+            if placed is False:
+                return None
+            new = new or placed is True
+            placed_count += placed is True
+        names += new
+    return names, placed_count
 
 
 class ScreeningTable:
-    """A set of listed names, held only as keyed fingerprints in one compact buffer.
+    """A set of listed names, held only as keyed fingerprints of their match keys in one
+    compact buffer.
 
     Make one with :meth:`build`; it cannot change afterwards.
     """
 
-    __slots__ = ("_buckets", "_entries", "_key", "_skipped_empty", "_slots")
+    __slots__ = ("_buckets", "_entries", "_key", "_keys", "_rule", "_skipped_empty", "_slots")
 
-    def __init__(self, key: bytes, slots: bytes, entries: int, skipped_empty: int) -> None:
+    def __init__(
+        self, key: bytes, slots: bytes, entries: int, skipped_empty: int, *, rule: int, keys: int
+    ) -> None:
         self._key = key
         self._slots = slots
         self._buckets = len(slots) // _BUCKET_BYTES
         self._entries = entries
         self._skipped_empty = skipped_empty
+        #: The rule's index in matchkey.RULES: an int, so the table references no text.
+        self._rule = rule
+        self._keys = keys
 
     @classmethod
-    def build(cls, names: Iterable[str]) -> ScreeningTable:
-        """Normalise ``names`` and store their fingerprints under a fresh random key.
+    def build(cls, names: Iterable[str], rule: str = matchkey.DEFAULT_RULE) -> ScreeningTable:
+        """Key ``names`` under ``rule`` and store the keys' fingerprints under a fresh random
+        key.
 
-        Names that normalise to "" are skipped and counted; duplicates are stored once. If an
-        insertion exceeds its eviction bound, the table is built again with 10 % more buckets.
+        Names without a key (empty, or only punctuation or spaces) are skipped and counted;
+        a key two names share is stored once. If an insertion exceeds its eviction bound,
+        the table is built again with 10 % more buckets. A name the rule cannot read (a
+        symbol in it, under fold-1) fails the build: :class:`ScreeningError` says which
+        entry and which character, never the name.
 
         ``names`` is read once, one name at a time, and each name is reduced to its 16-byte
-        fingerprint at once: no set or list of names is ever made. That keeps the load's
-        memory to two flat buffers (the fingerprints, then the table) which the allocator
-        returns to the system when they are freed; millions of small string objects would
-        stay in Python's own allocator, resident, long after the load (``bench/README.md``).
+        fingerprints at once: no set or list of names is ever made. That keeps the load's
+        memory to flat buffers (the fingerprints, a byte a name, then the table) which the
+        allocator returns to the system when they are freed; millions of small string
+        objects would stay in Python's own allocator, resident, long after the load
+        (``bench/README.md``).
         """
+        rule_index = matchkey.RULES.index(rule)
         key = secrets.token_bytes(_KEY_BYTES)
         fingerprints = bytearray()
+        groups = bytearray()  # how many keys each name gave (1 to 4)
         skipped_empty = 0
-        for name in names:
-            normalised = normalize(name)
-            if normalised:
-                fingerprints += _fingerprint(key, normalised)
-            else:
+        for number, name in enumerate(names, 1):
+            try:
+                keyed = matchkey.keys(name, rule)
+            except matchkey.MatchKeyError as exc:
+                raise ScreeningError(
+                    f"the list's entry {number} {exc}; correct the list and seal it again "
+                    f"(or serve it with --match {matchkey.EXACT}, which keeps today's rule)"
+                ) from None
+            distinct = [k for k in dict.fromkeys(keyed.keys) if k]
+            if not distinct:
                 skipped_empty += 1
+                continue
+            for one in distinct:
+                fingerprints += _fingerprint(key, one)
+            groups.append(len(distinct))
         # Placement choices are not secrets; they only need to differ between attempts.
         rng = random.Random(secrets.randbits(64))  # noqa: S311
         # Sized for every fingerprint: repeats are found only while placing.
-        buckets = _buckets_for(len(fingerprints) // _FINGERPRINT_BYTES)
+        stored = len(fingerprints) // _FINGERPRINT_BYTES
+        buckets = _buckets_for(stored)
         for _ in range(_MAX_BUILD_ATTEMPTS):
             slots = bytearray(buckets * _BUCKET_BYTES)
-            entries = _place_all(slots, buckets, fingerprints, rng)
-            if entries is not None:
-                return cls(key, bytes(slots), entries, skipped_empty)
+            counts = _place_all(slots, buckets, fingerprints, bytes(groups), rng)
+            if counts is not None:
+                entries, occupied = counts
+                return cls(key, bytes(slots), entries, skipped_empty, rule=rule_index,
+                           keys=occupied)  # fmt: skip
             buckets = max(buckets + 1, math.ceil(buckets * _GROWTH_PER_ATTEMPT))
         raise ScreeningError(
-            f"could not place {len(fingerprints) // _FINGERPRINT_BYTES} fingerprints after "
+            f"could not place {stored} fingerprints after "
             f"{_MAX_BUILD_ATTEMPTS} attempts; this indicates a bug in noflylist.table, "
             "please report it"
         )
 
+    @property
+    def rule(self) -> str:
+        """The match rule the table was built under (:data:`noflylist.matchkey.RULES`)."""
+        return matchkey.RULES[self._rule]
+
     def contains(self, name: str) -> bool:
-        """True if ``name`` normalises to a listed name (for tools and tests; the service asks
-        through :func:`noflylist.decision.decide`, which normalises once)."""
-        return self.contains_normalised(normalize(name))
+        """True if a key of ``name`` under the table's rule is listed (for tools and tests;
+        the service asks through :func:`noflylist.decision.decide`, which keys once).
+        Raises :class:`noflylist.matchkey.MatchKeyError` for a name the rule cannot read."""
+        return self.contains_any(matchkey.keys(name, self.rule).keys)
 
-    def contains_normalised(self, normalised: str) -> bool:
-        """True if ``normalised``, a name already passed through
-        :func:`noflylist.decision.normalize`, is listed.
+    def contains_any(self, keys: Sequence[str]) -> bool:
+        """True if any of ``keys``, match keys under :attr:`rule`, is listed.
 
-        Always one hash and exactly 2 x 4 = 8 ``hmac.compare_digest`` calls, counted: no early
-        exit, and empty slots are compared like full ones.
+        Always ``len(keys)`` hashes and exactly ``len(keys)`` x 2 x 4 ``hmac.compare_digest``
+        calls, counted: no early exit, not after a match either, and empty slots are compared
+        like full ones. The caller passes the rule's fixed number of keys, repeats included.
         """
-        fingerprint = _fingerprint(self._key, normalised)
         # An int count, not `found |= ...`: each `|` of Python bools builds its result
         # through a branch in C, so after a match every later `|` would take the rarer
         # branch; adding to an int and indexing a tuple with it do the same work for 0 and 1.
         matches = 0
-        for bucket in _candidate_buckets(fingerprint, self._buckets):
-            for slot in range(_SLOTS_PER_BUCKET):
-                offset = bucket * _BUCKET_BYTES + slot * _FINGERPRINT_BYTES
-                stored = self._slots[offset : offset + _FINGERPRINT_BYTES]
-                matches += hmac.compare_digest(stored, fingerprint)
+        slots, buckets, key, same = self._slots, self._buckets, self._key, hmac.compare_digest
+        for one in keys:
+            fingerprint = _fingerprint(key, one)
+            for bucket in _candidate_buckets(fingerprint, buckets):
+                # The bucket's four slots, written out: one loop level less per look-up.
+                at = bucket * _BUCKET_BYTES
+                matches += (
+                    same(slots[at : at + 16], fingerprint)
+                    + same(slots[at + 16 : at + 32], fingerprint)
+                    + same(slots[at + 32 : at + 48], fingerprint)
+                    + same(slots[at + 48 : at + 64], fingerprint)
+                )
         return _LISTED_FOR_MATCHES[matches]
 
+    def contains_normalised(self, normalised: str) -> bool:
+        """True if the one key ``normalised`` is listed: under the ``exact`` rule, a name
+        already passed through :func:`noflylist.matchkey.normalize`. One hash and exactly
+        2 x 4 = 8 ``hmac.compare_digest`` calls (:meth:`contains_any`)."""
+        return self.contains_any((normalised,))
+
     def __len__(self) -> int:
-        """Number of distinct listed names (after normalisation)."""
+        """Number of distinct listed names: names with a key no earlier name gave."""
         return self._entries
+
+    @property
+    def stored_keys(self) -> int:
+        """How many fingerprints the table holds (distinct keys of every listed name)."""
+        return self._keys
 
     @property
     def skipped_empty(self) -> int:
@@ -258,7 +327,10 @@ class ScreeningTable:
         return len(self._slots)
 
     def __repr__(self) -> str:
-        return f"ScreeningTable(entries={self._entries}, buckets={self._buckets})"
+        return (
+            f"ScreeningTable(entries={self._entries}, keys={self._keys}, "
+            f"buckets={self._buckets}, rule={self.rule})"
+        )
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError(

@@ -64,6 +64,7 @@ def test_a_commit_outside_the_image_leaves_the_epoch(repo: Path, outside: str) -
 @pytest.mark.parametrize(
     "inside",
     ["noflylist/decision.py", "noflylist/transport/loop.py", "enclave/kms.py",
+     "noflylist/data/fold-1-tables.txt",
      "requirements/runtime.lock", "requirements/pip.lock", "Dockerfile", ".dockerignore",
      "enclaver.yaml"],
 )  # fmt: skip

@@ -32,6 +32,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from noflylist import matchkey
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
 from noflylist.routes import RouteResponse, Routes
@@ -84,14 +85,22 @@ class Rig:
 
 @contextmanager
 def running(
-    *, load: bool = True, limits: Limits = DEFAULT_LIMITS, **routes_options: Any
+    *,
+    load: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    match_rule: str = matchkey.EXACT,
+    **routes_options: Any,
 ) -> Iterator[Rig]:
     """A server on a free loopback port, its list from an envelope file (not yet written);
-    ``routes_options`` go to :class:`Routes`."""
+    ``routes_options`` go to :class:`Routes`.
+
+    The list is keyed under ``exact`` unless ``match_rule`` says otherwise: these tests send
+    arbitrary names (digits, ``<script>``) to test the transport and its echo, which fold-1
+    would refuse (tests/test_matchkey.py tests fold-1, over HTTP too)."""
     kms, metrics = FakeDataKeys(), Metrics()
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "envelope.json"
-        holder = ListHolder(FileSource(str(path)), kms, metrics)
+        holder = ListHolder(FileSource(str(path)), kms, metrics, match_rule=match_rule)
         server = Server(Routes(holder, metrics, **routes_options), metrics, port=0, limits=limits)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
