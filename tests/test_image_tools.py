@@ -154,6 +154,8 @@ def test_the_audit_passes_an_image_that_keeps_the_dockerfiles_promises(tmp_path:
         ("opt/noflylist/cryptography-48.0.0.dist-info/direct_url.json", "must not ship"),
         ("opt/noflylist/envelope.json", "an envelope or a list"),
         ("opt/noflylist/list.txt", "an envelope or a list"),
+        ("opt/noflylist/noflylist/data/list.txt", "an envelope or a list"),
+        ("opt/noflylist/noflylist/data/fold-1-tables.txt", "is not the committed file"),
         ("etc/hosts", "outside /opt/noflylist"),
     ],
 )
@@ -163,6 +165,13 @@ def test_the_audit_names_what_must_not_be_in_the_image(
     image = _as_built(inspect_image.load(layout(tmp_path, "bad", {**APP, extra: b"x"})))
     problems = inspect_image.audit(image)
     assert any(extra in problem and complaint in problem for problem in problems), problems
+
+
+def test_the_audit_passes_the_committed_fold_tables(tmp_path: Path) -> None:
+    committed = (TOOLS.parents[1] / "noflylist" / "data" / "fold-1-tables.txt").read_bytes()
+    files = {**APP, "opt/noflylist/noflylist/data/fold-1-tables.txt": committed}
+    image = _as_built(inspect_image.load(layout(tmp_path, "tables", files)))
+    assert inspect_image.audit(image) == []
 
 
 def test_the_audit_names_a_wrong_entrypoint_a_cmd_and_a_missing_pin(tmp_path: Path) -> None:

@@ -39,6 +39,13 @@ _APP_PARENTS = {"opt", "opt/noflylist", "usr", "usr/local", "usr/local/bin"}
 _FORBIDDEN = ("noflylist_simulator", "/enclave/simulator", "/noflylist/client/",
               "/noflylist/tools/", "/tests/", "/bench/", "__pycache__", ".pyc",
               "direct_url.json")  # fmt: skip
+#: The one data file the service reads, shipped byte for byte as committed: the fold-1 tables
+#: (public Unicode and ICAO data, see noflylist/matchkey.py). Any other text or JSON file in
+#: the application layer could be an envelope or a list.
+_SHIPPED_DATA = {
+    "opt/noflylist/noflylist/data/fold-1-tables.txt":
+        Path(__file__).resolve().parents[2] / "noflylist" / "data" / "fold-1-tables.txt",
+}  # fmt: skip
 _ENTRYPOINT = [
     "/usr/local/bin/noflylist",
     "serve",
@@ -204,9 +211,15 @@ def _describe(label: str, image: Image) -> None:
 def audit(image: Image) -> list[str]:
     """Every way the image breaks the Dockerfile's promises, empty when it keeps them."""
     problems = []
-    names = list(_members(image.layers[-1]))
+    members = _members(image.layers[-1])
+    names = list(members)
     for name in names:
         if name in _APP_PARENTS:
+            continue
+        if name in _SHIPPED_DATA:
+            committed = hashlib.sha256(_SHIPPED_DATA[name].read_bytes()).hexdigest()[:16]
+            if members[name]["content"] != committed:
+                problems.append(f"the application layer's {name} is not the committed file")
             continue
         if not name.startswith(_APP_PREFIXES):
             problems.append(f"the application layer adds {name}, outside /opt/noflylist")
