@@ -11,11 +11,17 @@ language) must agree on with the service, in one place:
 * ``user_data``, the small CBOR map bound into every attestation document the service hands
   out (:func:`encode_user_data`, :func:`decode_user_data`)::
 
-    {"envelope_sha256": bytes(32) | null, "serial": int | null, "version": "<noflylist version>"}
+    {"envelope_sha256": bytes(32) | null, "serial": int | null, "version": "<noflylist version>",
+     "answer_key": bytes(32)}
 
   taken from the list in service at the moment of the request (``null`` while none is
   loaded). The serial says which list is served (a client can refuse an older one), the
   digest which envelope exactly; neither says anything about the names in it.
+  ``answer_key`` is the raw Ed25519 public key (RFC 8032) of the key the service made at
+  start and signs answers with; a map without it (a service before signed answers) still
+  decodes, with ``answer_key`` ``None``, and a client that wants signed answers refuses it;
+* signed answers (:mod:`noflylist.answer_format`: the statement a signature covers, and the
+  ``Noflylist-Nonce``/``Noflylist-Statement``/``Noflylist-Signature`` headers).
 
 Only the standard library and :mod:`enclave.cbor` (which a client needs to read documents
 anyway); the service imports this module, never the other way round.
@@ -29,6 +35,7 @@ from enclave import cbor
 from enclave.errors import NoflylistError
 
 __all__ = [
+    "ANSWER_KEY_BYTES",
     "ATTESTATION_PATH",
     "CBOR_TYPE",
     "MAX_NONCE_BYTES",
@@ -68,6 +75,9 @@ _MAX_VERSION_CHARS = 64
 #: The map holds three entries; the cap bounds decoding of a hostile ``user_data``.
 _MAX_USER_DATA_ITEMS = 8
 _USER_DATA_KEYS = ("envelope_sha256", "serial", "version")
+_ANSWER_KEY = "answer_key"
+#: A raw Ed25519 public key (RFC 8032 section 5.1.5).
+ANSWER_KEY_BYTES = 32
 
 
 class UserDataError(NoflylistError):
@@ -81,17 +91,23 @@ class ServedList:
     envelope_sha256: bytes | None
     serial: int | None
     version: str
+    #: The raw Ed25519 public key answers are signed with; ``None`` only when decoded from a
+    #: service that signs no answers (the service always binds one).
+    answer_key: bytes | None = None
 
 
 def encode_user_data(served: ServedList) -> bytes:
-    """The CBOR map of the module docstring, keys in that order."""
-    return cbor.encode(
-        {
-            "envelope_sha256": served.envelope_sha256,
-            "serial": served.serial,
-            "version": served.version,
-        }
-    )
+    """The CBOR map of the module docstring, keys in that order (``answer_key`` when set)."""
+    value: dict[cbor.CBORValue, cbor.CBORValue] = {
+        "envelope_sha256": served.envelope_sha256,
+        "serial": served.serial,
+        "version": served.version,
+    }
+    if served.answer_key is not None:
+        if len(served.answer_key) != ANSWER_KEY_BYTES:
+            raise UserDataError("answer_key is not a 32-byte Ed25519 public key")
+        value[_ANSWER_KEY] = served.answer_key
+    return cbor.encode(value)
 
 
 def decode_user_data(data: bytes) -> ServedList:
@@ -115,9 +131,10 @@ def _decode_user_data(data: bytes) -> ServedList:
         value = cbor.decode(data, max_depth=2, max_items=_MAX_USER_DATA_ITEMS)
     except cbor.CBORError as exc:
         raise UserDataError(f"user_data is not CBOR: {exc}") from None
-    if not isinstance(value, dict) or set(value) != set(_USER_DATA_KEYS):
+    if not isinstance(value, dict) or set(value) - {_ANSWER_KEY} != set(_USER_DATA_KEYS):
         raise UserDataError(
-            f"user_data is not a noflylist map with exactly the keys {', '.join(_USER_DATA_KEYS)}"
+            "user_data is not a noflylist map with exactly the keys "
+            f"{', '.join(_USER_DATA_KEYS)} (and {_ANSWER_KEY})"
         )
     digest, serial, version = (value[key] for key in _USER_DATA_KEYS)
     if digest is not None and (not isinstance(digest, bytes) or len(digest) != _DIGEST_BYTES):
@@ -128,4 +145,11 @@ def _decode_user_data(data: bytes) -> ServedList:
         )
     if not isinstance(version, str) or not 0 < len(version) <= _MAX_VERSION_CHARS:
         raise UserDataError("user_data version is not short text")
-    return ServedList(digest, serial, version)
+    answer_key = value.get(_ANSWER_KEY)
+    if answer_key is not None and (
+        not isinstance(answer_key, bytes) or len(answer_key) != ANSWER_KEY_BYTES
+    ):
+        raise UserDataError("user_data answer_key is not a 32-byte Ed25519 public key")
+    if _ANSWER_KEY in value and answer_key is None:
+        raise UserDataError("user_data answer_key is null (a service always binds its key)")
+    return ServedList(digest, serial, version, answer_key)
