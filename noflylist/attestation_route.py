@@ -26,6 +26,7 @@ from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
 from noflylist import __version__
+from noflylist.answers import AnswerKey
 from noflylist.lists import ListHolder
 from noflylist.routes import RouteResponse
 from noflylist.wire import (
@@ -55,7 +56,14 @@ class AttestationRouteError(NoflylistError):
 class AttestationRoute:
     """The route handler: one fresh NSM document per request, bound to the list in service."""
 
-    def __init__(self, module: SecureModule, holder: ListHolder, *, mode: AttestationMode) -> None:
+    def __init__(
+        self,
+        module: SecureModule,
+        holder: ListHolder,
+        *,
+        mode: AttestationMode,
+        answer_key: AnswerKey | None = None,
+    ) -> None:
         if mode not in ATTESTING_MODES:
             raise AttestationRouteError(
                 f"the attestation route needs an NSM; mode '{mode}' has none "
@@ -64,6 +72,7 @@ class AttestationRoute:
         self._module = module
         self._holder = holder
         self._mode = mode
+        self._answer_key = None if answer_key is None else answer_key.public_raw
 
     def __call__(self, query: Mapping[str, list[str]], headers: Mapping[str, str]) -> RouteResponse:
         """A :data:`noflylist.routes.RouteHandler`: 200 with the document, 400 for a bad
@@ -78,6 +87,7 @@ class AttestationRoute:
             envelope_sha256=None if current is None else current.envelope_sha256,
             serial=None if current is None else current.serial,
             version=__version__,
+            answer_key=self._answer_key,
         )
         try:
             document = self._module.attestation(nonce=nonce, user_data=encode_user_data(served))

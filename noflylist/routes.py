@@ -47,8 +47,18 @@ from typing import NamedTuple
 
 from enclave import http_syntax, strict_json
 from enclave.errors import NoflylistError
-from noflylist.decision import UNAVAILABLE, Listed, Refused, Unavailable, answer, decide
-from noflylist.lists import NOT_LOADED_YET, ListHolder
+from noflylist.answer_format import NONCE_HEADER, AnswerFormatError, parse_nonce
+from noflylist.answers import AnswerKey, Facts, refused, signed_headers
+from noflylist.decision import (
+    UNAVAILABLE,
+    Listed,
+    Refused,
+    Unavailable,
+    Verdict,
+    answer,
+    decide,
+)
+from noflylist.lists import NOT_LOADED_YET, ListHolder, ListInService
 from noflylist.metrics import Metrics
 from noflylist.transport.framing import Request, encode_response
 from noflylist.transport.limits import DEFAULT_LIMITS
@@ -86,6 +96,7 @@ _RESERVED_HEADERS = frozenset(
 _HEADER_NAME = http_syntax.TOKEN
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_NONCE_HEADER = NONCE_HEADER.lower()  # the framer gives header names in lower case
 _ROUTE_PATH = re.compile(r"/[\x21-\x3e\x40-\x7e]*")  # what a request target can match, no '?'
 
 
@@ -171,8 +182,9 @@ class _Route:
     name: str  # the metrics label: fixed by the code, never taken from a request
     path: str
     method: str
-    handler: Callable[[Request, str], RouteResponse]
+    handler: Callable[[Request, str, Facts | None], RouteResponse]
     quick: bool  # fixed microseconds, no I/O: answered on the loop thread
+    signable: bool = False  # a screening route: signs its answer when the client sends a nonce
 
 
 class Routes:
@@ -180,7 +192,9 @@ class Routes:
 
     ``extra_routes`` maps further ``GET`` paths to handlers (e.g. an attestation endpoint).
     The access log goes to ``access_log`` (default ``noflylist.access``) as ``log_format``,
-    ``"text"`` or ``"json"``.
+    ``"text"`` or ``"json"``. With an ``answer_key``, a screening request that carries
+    ``Noflylist-Nonce`` gets its answer signed (:mod:`noflylist.answers`); without the header
+    the answer is byte for byte what it would be without a key.
     """
 
     def __init__(
@@ -191,6 +205,7 @@ class Routes:
         access_log: logging.Logger | None = None,
         log_format: str = "text",
         extra_routes: Mapping[str, RouteHandler] | None = None,
+        answer_key: AnswerKey | None = None,
     ) -> None:
         if log_format not in ("text", "json"):
             raise ValueError("log_format must be 'text' or 'json'")
@@ -199,14 +214,15 @@ class Routes:
         self._metrics = metrics
         self._access_log = access_log or logging.getLogger("noflylist.access")
         self._log_json = log_format == "json"
+        self._answer_key = answer_key
         routes = [
             _Route("index", "/", "GET", self._index, quick=True),
             _Route("healthz", "/healthz", "GET", self._healthz, quick=True),
             _Route("readyz", "/readyz", "GET", self._readyz, quick=True),
-            _Route("passenger", PASSENGER_PATH, "GET", self._passenger, quick=True),
+            _Route("passenger", PASSENGER_PATH, "GET", self._passenger, quick=True, signable=True),
             # Gauges are callables other modules register; a manifest is up to 1000 lookups.
             _Route("metrics", "/metrics", "GET", self._metrics_page, quick=False),
-            _Route("screen", SCREEN_PATH, "POST", self._screen, quick=False),
+            _Route("screen", SCREEN_PATH, "POST", self._screen, quick=False, signable=True),
         ]
         self._routes = {route.path: route for route in routes}
         for path, handler in extra_routes.items():
@@ -235,8 +251,13 @@ class Routes:
             body = f"{route.path} answers only {route.method}\n".encode()
             headers = {"Allow": route.method}
         else:
+            nonce: bytes | None = None
+            facts: Facts | None = None
             try:
-                status, content_type, body, headers = route.handler(request, query)
+                if route.signable and self._answer_key is not None:
+                    nonce = _nonce(request)
+                    facts = Facts() if nonce is not None else None
+                status, content_type, body, headers = route.handler(request, query, facts)
             except RequestRejected as exc:
                 status, content_type, body = exc.status, TEXT, f"{exc}\n".encode()
                 if status == 503:
@@ -250,6 +271,15 @@ class Routes:
                 )
                 status, content_type, body = 500, TEXT, b"internal error\n"
                 request.keep_alive = False
+                facts = None  # a failure is not an answer: nothing to sign
+            if facts is not None and nonce is not None and self._answer_key is not None:
+                if not facts.verdicts:  # refused before a name was decided (query, manifest)
+                    facts.verdicts = (refused(body.decode("utf-8", "replace")),)
+                headers = {**headers, **signed_headers(
+                    self._answer_key, route=route.path, nonce=nonce, status=status, body=body,
+                    facts=facts,
+                )}  # fmt: skip
+                self._metrics.count("noflylist_answers_signed_total", route.name)
         response = encode_response(
             status, content_type, body, keep_alive=request.keep_alive,
             http10=request.http10, headers=headers.items(), head_only=request.method == "HEAD",
@@ -281,13 +311,13 @@ class Routes:
 
     # Routes.
 
-    def _index(self, request: Request, query: str) -> RouteResponse:
+    def _index(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         return RouteResponse(200, TEXT, self._index_page)
 
-    def _healthz(self, request: Request, query: str) -> RouteResponse:
+    def _healthz(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         return RouteResponse(200, TEXT, b"ok\n")
 
-    def _readyz(self, request: Request, query: str) -> RouteResponse:
+    def _readyz(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         """200 with ``ready: list serial N`` first while a list is in service, else 503 with
         ``not ready: why``; then the list's age and the last load's outcome and time, so a
         refresh that keeps failing (a stale list) shows here as well as in ``/metrics``.
@@ -322,10 +352,11 @@ class Routes:
             first = f"not ready: {_reason(status.error or NOT_LOADED_YET)}"
         raise RequestRejected(503, "\n".join([first, *lines]))
 
-    def _metrics_page(self, request: Request, query: str) -> RouteResponse:
+    def _metrics_page(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         return RouteResponse(200, METRICS_TYPE, self._metrics.render().encode())
 
-    def _passenger(self, request: Request, query: str) -> RouteResponse:
+    def _passenger(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
+        """One name. ``facts``, when the answer is to be signed, gathers what was decided."""
         names = _parse_query(query).get("name", [])
         if len(names) != 1:
             problem = "is missing" if not names else "appears more than once"
@@ -333,22 +364,39 @@ class Routes:
         name = names[0]
         current = self._holder.current
         verdict = decide(current.table if current is not None else None, name)
+        if facts is not None:
+            facts.question = name.encode("utf-8")
+            facts.verdicts = (_verdict_line(verdict),)
+            _served(facts, current)
         if isinstance(verdict, Refused):
             raise RequestRejected(400, verdict.reason)
         if isinstance(verdict, Unavailable):
             raise RequestRejected(503, verdict.reason)
         return RouteResponse(200, TEXT, answer(name, verdict.listed).encode("utf-8"))
 
-    def _screen(self, request: Request, query: str) -> RouteResponse:
+    def _screen(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
+        """A manifest. Signed, its statement carries one verdict a name when it is answered
+        name by name (200), else one for the request as a whole."""
+        if facts is not None:
+            facts.question = request.body
+            _served(facts, self._holder.current)
         names = _parse_manifest(request)
         current = self._holder.current  # one list for the whole manifest, even during a swap
         table = current.table if current is not None else None
         verdicts = [decide(table, name, f"names[{index}]") for index, name in enumerate(names)]
+        if facts is not None:
+            _served(facts, current)
         for verdict in verdicts:  # every name is admitted before "no list" is said
             if isinstance(verdict, Refused):
+                if facts is not None:
+                    facts.verdicts = (_verdict_line(verdict),)
                 raise RequestRejected(400, verdict.reason)
         if current is None:
+            if facts is not None:
+                facts.verdicts = ("unavailable",)
             raise RequestRejected(503, UNAVAILABLE.reason)
+        if facts is not None:
+            facts.verdicts = tuple(_verdict_line(verdict) for verdict in verdicts)
         results = [{"name": name, "listed": isinstance(verdict, Listed)}
                    for name, verdict in zip(names, verdicts, strict=True)]  # fmt: skip
         body = json.dumps({"results": results, "serial": current.serial}, ensure_ascii=False)
@@ -382,10 +430,40 @@ def _reason(text: str) -> str:
     return " ".join(text.split())[:MAX_REASON_CHARS]
 
 
-def _extra(path: str, handler: RouteHandler) -> Callable[[Request, str], RouteResponse]:
+def _nonce(request: Request) -> bytes | None:
+    """The request's ``Noflylist-Nonce``, or ``None``; a malformed one is refused unsigned."""
+    value = request.headers.get(_NONCE_HEADER)
+    if value is None:
+        return None
+    try:
+        return parse_nonce(value)
+    except AnswerFormatError as exc:  # names the header and the sizes, never the value
+        raise RequestRejected(400, str(exc)) from None
+
+
+def _verdict_line(verdict: Verdict) -> str:
+    """The statement's line for one decided name."""
+    if isinstance(verdict, Listed):
+        return "listed"
+    if isinstance(verdict, Refused):
+        return refused(verdict.reason)
+    if isinstance(verdict, Unavailable):
+        return "unavailable"
+    return "cleared"
+
+
+def _served(facts: Facts, current: ListInService | None) -> None:
+    """Record the list an answer was decided on (``None`` while none is loaded)."""
+    facts.serial = None if current is None else current.serial
+    facts.envelope_sha256 = None if current is None else current.envelope_sha256
+
+
+def _extra(
+    path: str, handler: RouteHandler
+) -> Callable[[Request, str, Facts | None], RouteResponse]:
     """Adapt an extra route: parse its query strictly, check what it returns."""
 
-    def call(request: Request, query: str) -> RouteResponse:
+    def call(request: Request, query: str, facts: Facts | None) -> RouteResponse:
         result = RouteResponse(*handler(_parse_query(query), MappingProxyType(request.headers)))
         ok = (
             200 <= result.status <= 599

@@ -40,6 +40,7 @@ from enclave.errors import NoflylistError
 from enclave.kms import KMSClient, key_region
 from enclave.modes import AttestationMode
 from enclave.nsm import SecureModule
+from noflylist.answers import AnswerKey
 from noflylist.attestation_route import AttestationRoute
 from noflylist.config import ServeConfig
 from noflylist.lists import ListHolder, refresh_loop
@@ -94,11 +95,17 @@ class Service:
             None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open,
             match_rule=config.match,
         )  # fmt: skip
+        # Made once per process and never saved: a restart makes a new key, which clients
+        # meet in a fresh attestation document. Without an NSM nothing could bind it: unsigned.
+        self.answer_key = AnswerKey() if self._module is not None else None
         routes = Routes(
             self.holder,
             self.metrics,
             log_format=config.log_format,
-            extra_routes=_attestation_routes(self._module, self.holder, config.attestation),
+            extra_routes=_attestation_routes(
+                self._module, self.holder, config.attestation, self.answer_key
+            ),
+            answer_key=self.answer_key,
         )
         self.server = Server(
             routes, self.metrics, host=config.host, port=config.port, workers=config.workers
@@ -211,9 +218,14 @@ class Service:
 
 
 def _attestation_routes(
-    module: SecureModule | None, holder: ListHolder, mode: AttestationMode
+    module: SecureModule | None,
+    holder: ListHolder,
+    mode: AttestationMode,
+    answer_key: AnswerKey | None,
 ) -> dict[str, RouteHandler]:
     """``GET /enclave/attestation`` where there is a module to attest with."""
-    if module is None:
+    if module is None or answer_key is None:
         return {}
-    return {ATTESTATION_PATH: AttestationRoute(module, holder, mode=mode)}
+    return {
+        ATTESTATION_PATH: AttestationRoute(module, holder, mode=mode, answer_key=answer_key)
+    }

@@ -72,8 +72,8 @@ MAX_SERIAL = 2**53 - 1
 _DIGEST_BYTES = 32
 #: The version string is short ("0.1.0"); anything much longer is not ours.
 _MAX_VERSION_CHARS = 64
-#: The map holds three entries; the cap bounds decoding of a hostile ``user_data``.
-_MAX_USER_DATA_ITEMS = 8
+#: The map holds four entries (nine data items); the cap bounds decoding a hostile ``user_data``.
+_MAX_USER_DATA_ITEMS = 9
 _USER_DATA_KEYS = ("envelope_sha256", "serial", "version")
 _ANSWER_KEY = "answer_key"
 #: A raw Ed25519 public key (RFC 8032 section 5.1.5).

@@ -58,12 +58,19 @@ def _user_data_refusal(data: object) -> str:
         (cbor2.dumps({"envelope_sha256": None, "serial": cbor2.CBORTag(2, b"\x01" * 40),
                       "version": "1"}), "nesting deeper"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": MARKER * 10}), "version"),
+        (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1", MARKER: 1,
+                      MARKER + "2": 2}), "more data items"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1", MARKER: 1}),
-         "more data items"),
+         "exactly the keys"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, MARKER: 1}), "exactly the keys"),
+        (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1",
+                      "answer_key": b"\x01" * 31}), "answer_key is not a 32-byte"),
+        (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1",
+                      "answer_key": None}), "answer_key is null"),
     ],
     ids=["text", "None", "an int", "deep arrays", "deep indefinite arrays", "serial 2**53",
-         "serial 2**64-1", "bignum serial", "long version", "extra key", "other key"],
+         "serial 2**64-1", "bignum serial", "long version", "extra keys", "extra key",
+         "other key", "short answer key", "null answer key"],
 )  # fmt: skip
 def test_hostile_user_data_raises_user_data_error_naming_the_cause(
     data: object, words: str

@@ -25,6 +25,7 @@ import pytest
 from enclave.modes import AttestationMode
 from enclave.nsm import NSMError
 from noflylist import __version__, cli
+from noflylist.answers import AnswerKey
 from noflylist.attestation_route import AttestationRoute, AttestationRouteError
 from noflylist.client.attestation import verify
 from noflylist.lists import ListHolder
@@ -410,8 +411,9 @@ class _Service:
 
     def __init__(self, holder: ListHolder, route: RouteHandler, root_pem: Path) -> None:
         self.metrics = Metrics()
+        key = getattr(route, "answer_key", None)  # the service's signing key, when it has one
         self.server = Server(
-            Routes(holder, self.metrics, extra_routes={PATH: route}),
+            Routes(holder, self.metrics, extra_routes={PATH: route}, answer_key=key),
             self.metrics,
             port=0,
             workers=2,
@@ -444,13 +446,21 @@ def serve(simulator, holder, monkeypatch):
     started: list[_Service] = []
 
     def start(route: RouteHandler | None = None) -> _Service:
-        route = route or AttestationRoute(module, list_holder, mode=AttestationMode.SIMULATED)
+        route = route or _Signing(module, list_holder)
         started.append(_Service(list_holder, route, sim.root_pem))
         return started[-1]
 
     yield start
     for service in started:
         service.stop()
+
+
+class _Signing(AttestationRoute):
+    """The attestation route of a service that signs its answers (as ``serve`` wires it)."""
+
+    def __init__(self, module: SimulatedNSM, holder: ListHolder) -> None:
+        self.answer_key = AnswerKey()
+        super().__init__(module, holder, mode=AttestationMode.SIMULATED, answer_key=self.answer_key)
 
 
 def check(service: _Service, name: str, *extra: str) -> list[str]:
@@ -517,7 +527,7 @@ def test_check_refuses_a_replayed_document_whose_nonce_is_not_ours(serve, simula
 
 def test_check_refuses_a_debug_mode_enclave(serve, tmp_path, holder, capsys):
     debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
-    service = serve(AttestationRoute(debug_module, holder[0], mode=AttestationMode.SIMULATED))
+    service = serve(_Signing(debug_module, holder[0]))
     argv = ["check", service.url, "Big Bird", "--expect-pcr", f"0={PCR0.hex()}"]
     root_pem = tmp_path / "debug-ca" / "root.pem"
     err = refused(service, capsys, [*argv, "--unsafe-root", str(root_pem)])
@@ -528,7 +538,7 @@ def test_check_accepts_a_debug_mode_enclave_only_with_unsafe_allow_debug_and_say
     serve, tmp_path, holder, capsys
 ):
     debug_module = SimulatedNSM(load_or_create(tmp_path / "debug-ca"), pcr0=PCR0, debug=True)
-    service = serve(AttestationRoute(debug_module, holder[0], mode=AttestationMode.SIMULATED))
+    service = serve(_Signing(debug_module, holder[0]))
     root_pem = tmp_path / "debug-ca" / "root.pem"
     pcr3 = debug_module.describe_pcr(3).data.hex()  # PCR0 is zero, and cannot be pinned
     argv = ["check", service.url, "Big Bird", "--expect-pcr", f"3={pcr3}",

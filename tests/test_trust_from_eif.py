@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from noflylist.attestation_route import AttestationRoute
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
 from noflylist.sources import FileSource
@@ -29,7 +28,7 @@ from tests.support import eif_images as images
 from tests.support import eif_writer as w
 from tests.support.fake_kms import FakeDataKeys
 from tests.test_policy import base_args
-from tests.test_trust import _Service, run
+from tests.test_trust import _Service, _Signing, run
 
 KERNEL, CMDLINE = b"kernel for the trust tests" * 40, b"console=ttyS0"
 BOOT, APP = b"init and nsm.ko" * 20, b"the application ramdisk" * 50
@@ -132,7 +131,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]
         # The simulator is given PCR0 only; the hypervisor measures PCR1 and PCR2 too.
         for index, value in pcrs.items():
             module._pcrs[index] = value
-        route = AttestationRoute(module, holder, mode="simulated")
+        route = _Signing(module, holder)
         started.append(_Service(holder, route, ca_folder / "root.pem"))
         return started[-1]
 

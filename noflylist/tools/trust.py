@@ -5,14 +5,18 @@
   says;
 * ``noflylist check URL NAME --expect-pcr 0=HEX``: the airline's client. It asks the service
   for a document bound to a fresh random nonce, verifies it (AWS root, nonce, expected PCRs),
-  and only then asks about the passenger. If verification fails, no name is ever sent;
+  and only then asks about the passenger, with a nonce of its own, and prints the answer only
+  if the enclave signed it (:class:`noflylist.client.client.Client`). If verification fails,
+  no name is ever sent;
 * ``noflylist policy``: print the KMS key policy (:mod:`noflylist.tools.policy`) that lets only the
   measured enclave image decrypt the list; with ``--frozen``, one that nobody can change.
 
 What ``check`` proves, and what it does not: the document proves which code (PCRs) is running
-behind ``URL`` right now (the nonce) and which list it serves (``user_data``). The answer to the
-passenger query travels on a separate connection and is not signed by the enclave, so it is
-only as trustworthy as the channel to ``URL``.
+behind ``URL`` right now (the nonce), which list it serves and which answer key it holds
+(``user_data``). The answer is signed by that key over this name, this request's nonce, the
+verdict, the list serial and the body (``docs/answers.md``), so a relay that alters it,
+replays it, or swaps in another name's or another service's answer is refused. The host still
+sees which names are asked, and can drop or delay answers.
 
 Every refusal raises :class:`TrustError` (``noflylist.cli`` prints it as one line, exit 1).
 """
@@ -29,7 +33,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -39,6 +43,7 @@ from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from noflylist.cli import Handler
 from noflylist.client.attestation import AttestationDocument, AttestationError, verify
+from noflylist.client.client import Client, ClientError
 from noflylist.tools import policy as key_policy
 from noflylist.wire import CBOR_TYPE, MODE_HEADER, ServedList, UserDataError, decode_user_data
 
@@ -240,7 +245,8 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify the service's enclave, then screen one name",
         description="Fetch URL/enclave/attestation with a fresh nonce, verify the document "
         "(AWS root, nonce, the expected PCRs), and only then ask URL/enclave/passenger about "
-        "NAME. Nothing is sent about NAME unless verification succeeds.",
+        "NAME, and print the answer only if the enclave's attested answer key signed it for "
+        "this name and this request. Nothing is sent about NAME unless verification succeeds.",
     )
     parser.add_argument("url", metavar="URL", help="the service, e.g. https://screening.example")
     parser.add_argument("name", metavar="NAME", help="the passenger's name")
@@ -250,6 +256,12 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="expect PCR0, PCR1, PCR2 (and PCR8) of this EIF or Enclaver release image, as "
         "`noflylist measure` reads them (with --expect-pcr, both must agree; one is required)",
+    )
+    parser.add_argument(
+        "--min-serial",
+        type=int,
+        metavar="N",
+        help="refuse a service whose list serial is below N (a replica on an older list)",
     )
     # One of --expect-pcr and --expect-eif is required: a usage error (exit 2) without either.
     parser.set_defaults(usage_error=parser.error)
@@ -294,24 +306,35 @@ def _check(args: argparse.Namespace) -> int:
             "the document verified but carries no noflylist user_data (list serial and "
             "envelope digest): this is not a noflylist service; no passenger query was sent"
         )
-    answer = _get(
-        f"{base}/enclave/passenger?name={quote(args.name, safe='')}",
-        "the query",
-        accept="text/plain",
-    )
+    client = Client(
+        base, expected, unsafe_root=root, unsafe_allow_debug=args.unsafe_allow_debug,
+        min_serial=args.min_serial,
+    )  # fmt: skip
+    try:
+        client.accept_attestation(
+            _document_bytes(response.body, response.headers.get("content-type")), nonce
+        )
+        client.screen(args.name)
+    except ClientError as exc:
+        raise TrustError(f"{exc}; no answer is printed") from None
+    answer = client.last_answer
+    assert answer is not None  # screen() returned: an answer verified
     if answer.status != 200:
-        raise TrustError(f"{base} answered {answer.status} to the query: {_preview(answer.body)}")
+        raise TrustError(
+            f"{base} answered {answer.status} to the query (signed): {_preview(answer.body)}"
+        )
+    statement = answer.statement
     serial, digest = _text(served.serial), _text(_hex(served.envelope_sha256))
     print(f"enclave verified: module {document.module_id} at {document.timestamp.isoformat()}")
     print(f"  PCR0 {_text(_hex(document.pcrs.get(0)))}")
     for index in sorted(expected):
         print(f"  PCR{index} matches --expect-pcr")
     print(f"  list serial {serial}, envelope sha256 {digest}, noflylist {served.version}")
-    print(f"answer: {_preview(answer.body, MAX_ANSWER_BYTES)}")
     print(
-        "note: the answer came over a separate connection and is not signed by the enclave",
-        file=sys.stderr,
+        f"answer signed by the enclave's answer key {statement.key_id}: signature, nonce, "
+        f"name and body verified; list serial {_text(statement.serial)}"
     )
+    print(f"answer: {_preview(answer.body, MAX_ANSWER_BYTES)}")
     return 0
 
 
