@@ -59,7 +59,7 @@ from enclave import ber, cbor, cms, imds
 from enclave.ber import TLV
 from enclave.errors import NoflylistError
 from enclave.kms import DataKey
-from noflylist import decision, envelope, routes, wire
+from noflylist import answer_format, decision, envelope, routes, wire
 from noflylist.client import attestation, cose
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
@@ -194,6 +194,12 @@ def fuzz_imds(data: bytes) -> None:
     assert got.expiration is not None and got.expiration.tzinfo is not None
 
 
+def fuzz_answer_statement(data: bytes) -> None:
+    statement = answer_format.parse_statement(data)
+    assert answer_format.encode_statement(statement) == data  # one spelling: what is read is
+    # exactly what would be written
+
+
 def fuzz_user_data(data: bytes) -> None:
     served = wire.decode_user_data(data)
     again = wire.encode_user_data(served)
@@ -259,6 +265,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[NoflylistError]]] = {
     "envelope": (fuzz_envelope, envelope.EnvelopeError),
     "imds": (fuzz_imds, imds.ImdsError),
     "user-data": (fuzz_user_data, wire.UserDataError),
+    "answer-statement": (fuzz_answer_statement, answer_format.AnswerFormatError),
     "http-framing": (fuzz_http_framing, http_framing.RequestError),
     "query": (fuzz_query, routes.RequestRejected),
     "json-body": (fuzz_json_body, routes.RequestRejected),
@@ -267,6 +274,19 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], type[NoflylistError]]] = {
 
 
 # -- seeds: valid inputs that mutations start from ----------------------------------------------
+
+_STATEMENTS = tuple(
+    answer_format.encode_statement(answer_format.Statement(
+        "21fe31dfa154a261", route, bytes(range(16)), question, status, verdicts,
+        1796422599123, serial, digest, bytes(range(32)),
+    ))
+    for route, question, status, verdicts, serial, digest in (
+        ("/enclave/passenger", bytes(32), 200, ("listed",), 7, bytes(range(32))),
+        ("/v1/screen", b"\x01" * 32, 200, ("cleared", "listed", "refused: names[2] is empty"),
+         2**53 - 1, b"\x02" * 32),
+        ("/enclave/passenger", None, 503, ("unavailable",), None, None),
+    )
+)
 
 _IMDS_DOCUMENT = json.dumps({
     "Code": "Success", "LastUpdated": "2031-05-17T11:00:00Z", "Type": "AWS-HMAC",
@@ -303,8 +323,10 @@ def seeds(target: str) -> tuple[bytes, ...]:
         "imds": (_IMDS_DOCUMENT,),
         "user-data": tuple(
             wire.encode_user_data(wire.ServedList(*fields))
-            for fields in ((bytes(range(32)), 7, "0.1.0"), (None, None, "0.1.0"))
+            for fields in ((bytes(range(32)), 7, "0.1.0"), (None, None, "0.1.0"),
+                           (None, 3, "0.1.0", b"\x07" * 32))
         ),
+        "answer-statement": _STATEMENTS,
         "http-framing": requests,
         "query": (b"name=Big%20Bird", b"name=a&nom=b", b"name=%C3%A9+x&&a=b", b"x=%25"),
         "json-body": (b'{"names": ["Big Bird", "\\u00e9"]}', b' {"names":["a"]} '),
