@@ -224,3 +224,12 @@ def test_the_client_library_imports_nothing_of_the_server():
                    "noflylist.decision", "noflylist.transport", "noflylist.answers"):  # fmt: skip
         assert f"'{server}" not in out
     assert lib.MAX_ATTESTATIONS_PER_ANSWER >= 2
+
+
+def test_check_min_serial_refuses_a_service_on_an_older_list(relay, ca_folder, capsys):
+    status = cli.main(["check", relay.url, "Big Bird", "--unsafe-root",
+                       str(ca_folder / "root.pem"), "--expect-pcr", f"0={PCR0.hex()}",
+                       "--min-serial", "8"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 1 and "answer:" not in captured.out
+    assert "older than min_serial 8" in captured.err

@@ -25,11 +25,13 @@ START_TIMEOUT = 60.0
 
 
 @contextmanager
-def demo(state: Path, banner: list[str] | None = None) -> Iterator[tuple[str, str]]:
+def demo(
+    state: Path, banner: list[str] | None = None, everything: list[str] | None = None
+) -> Iterator[tuple[str, str]]:
     """Run `noflylist demo` on a free port; yield (base URL, PCR0 hex) once it is ready.
 
     ``banner``, if given, receives the lines the demo prints before it is ready, up to
-    "Ctrl-C stops it"."""
+    "Ctrl-C stops it"; ``everything``, once it has stopped, all it printed."""
     process = subprocess.Popen(
         [sys.executable, "-m", "noflylist", "demo", "--port", "0", "--state", str(state)],
         stdout=subprocess.PIPE,
@@ -65,6 +67,8 @@ def demo(state: Path, banner: list[str] | None = None) -> Iterator[tuple[str, st
             process.kill()
             rest, _ = process.communicate()
         output.append(rest or "")
+        if everything is not None:
+            everything.extend(output)
         assert process.returncode == 0, "".join(output)
         assert "stopped" in "".join(output)
 
@@ -116,6 +120,18 @@ def test_the_check_command_the_demo_banner_shows_passes_and_warns_its_root_is_un
     assert shown.returncode == 0, shown.stderr
     assert "Big Bird is on the no-fly list and CAN NOT BOARD!" in shown.stdout
     assert "WARNING: SIMULATED attestation" in shown.stderr and "--unsafe-root" in shown.stderr
+
+
+def test_the_demo_shows_a_verified_signed_check_line_once_its_list_is_loaded(
+    tmp_path: Path,
+) -> None:
+    printed: list[str] = []
+    with demo(tmp_path / "state", everything=printed):
+        time.sleep(3.0)  # the banner's check runs once the list is in service
+    text = "".join(printed)
+    line = next(line for line in text.splitlines() if line.strip().startswith("check:"))
+    assert "check: verified: Big Bird is on the no-fly list and CAN NOT BOARD!" in line
+    assert re.search(r"answer key [0-9a-f]{16} for this name and a fresh nonce", line)
 
 
 def test_demo_restarts_on_its_state_with_the_same_key(tmp_path: Path) -> None:

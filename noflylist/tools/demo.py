@@ -20,15 +20,19 @@ import argparse
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography import x509
 
 from enclave.errors import NoflylistError
 from enclave.kms import KMSClient
 from enclave.modes import AttestationMode
 from enclave.sigv4 import Credentials
 from noflylist.cli import Handler, setup_logging
+from noflylist.client.client import Client, ClientError, Unavailable
 from noflylist.config import ServeConfig
 from noflylist.tools import seal
 from noflylist.tools.policy import key_policy
@@ -56,6 +60,8 @@ SAMPLE_NAMES = (
     "julia",
     "two-headedmonster",
 )
+#: How long the banner's own check waits for the first list to load.
+_VERIFY_WITHIN_SECONDS = 60.0
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
 ADMIN_ROLE = f"arn:aws:iam::{ACCOUNT}:role/noflylist-admin"
@@ -122,6 +128,9 @@ def run_demo(*, port: int, state: Path, host: str = "127.0.0.1") -> int:
     service = Service(config, environ=environ, simulated_module=nsm)
     service.install_signal_handlers()
     _banner(service.address, pcr0, state)
+    threading.Thread(
+        target=_show_verified, args=(service.address, pcr0, state), daemon=True
+    ).start()
     try:
         service.run()
     finally:
@@ -189,6 +198,36 @@ def _banner(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _show_verified(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
+    """Once the list is loaded, do what ``noflylist check`` does and print the verified line:
+    the answer signed by the attested answer key, for this name and a fresh nonce."""
+    host, port = address
+    root = x509.load_pem_x509_certificate((state / "ca" / "root.pem").read_bytes())
+    client = Client(f"http://{host}:{port}", {0: pcr0}, unsafe_root=root)
+    deadline = time.monotonic() + _VERIFY_WITHIN_SECONDS
+    last = "the list did not load in time"
+    while time.monotonic() < deadline:
+        try:
+            verdict = client.screen("Big Bird")
+        except ClientError as exc:
+            last = str(exc)
+            time.sleep(0.2)
+            continue
+        answer = client.last_answer
+        if isinstance(verdict, Unavailable) or answer is None:
+            time.sleep(0.2)  # the list is still loading
+            continue
+        statement = answer.statement
+        print(
+            f"  check: verified: {answer.body.decode('utf-8').strip()} (signed by the "
+            f"enclave's answer key {statement.key_id} for this name and a fresh nonce; list "
+            f"serial {statement.serial})",
+            flush=True,
+        )
+        return
+    print(f"  check: could not verify an answer: {last}", flush=True)
 
 
 # -- the command ------------------------------------------------------------------------
