@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -37,10 +38,15 @@ class Result:
     errors: int  # non-2xx answers, socket errors and timeouts
 
 
-def run(url: str, *, connections: int, seconds: float, keep_alive: bool) -> Result:
+def run(url: str, *, connections: int, seconds: float, keep_alive: bool,
+        headers: dict[str, str] | None = None, body: bytes | None = None) -> Result:  # fmt: skip
+    """Load ``url`` with GETs, or with POSTs of ``body`` when one is given; ``headers`` are
+    sent with every request (the same bytes each time: e.g. one ``Noflylist-Nonce``)."""
     if shutil.which("wrk"):
-        return run_wrk(url, connections=connections, seconds=seconds, keep_alive=keep_alive)
-    return run_python(url, connections=connections, seconds=seconds, keep_alive=keep_alive)
+        return run_wrk(url, connections=connections, seconds=seconds, keep_alive=keep_alive,
+                       headers=headers, body=body)  # fmt: skip
+    return run_python(url, connections=connections, seconds=seconds, keep_alive=keep_alive,
+                      headers=headers, body=body)  # fmt: skip
 
 
 # -- wrk --------------------------------------------------------------------------------------
@@ -49,14 +55,28 @@ _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 _PERCENTILE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s|m)\s*$", re.MULTILINE)
 
 
-def run_wrk(url: str, *, connections: int, seconds: float, keep_alive: bool) -> Result:
-    """``wrk -t1 -cN -dS --latency`` (with ``Connection: close`` when not keep-alive)."""
+def run_wrk(
+    url: str, *, connections: int, seconds: float, keep_alive: bool,
+    headers: dict[str, str] | None = None, body: bytes | None = None,
+) -> Result:  # fmt: skip
+    """``wrk -t1 -cN -dS --latency`` (with ``Connection: close`` when not keep-alive); a POST
+    body goes through a small Lua script, wrk's way to set one."""
     argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             "--latency", "--timeout", "10s"]  # fmt: skip
     if not keep_alive:
         argv += ["-H", "Connection: close"]
-    output = subprocess.run([*argv, url], capture_output=True, text=True, check=True,
-                            timeout=seconds + 60).stdout  # fmt: skip
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if body is not None:
+            text = body.decode("utf-8")
+            if "]==]" in text:
+                raise SystemExit("a POST body for wrk may not contain ']==]' (Lua's long string)")
+            script.write(f'wrk.method = "POST"\nwrk.body = [==[{text}]==]\n')
+            script.flush()
+            argv += ["-s", script.name]
+        output = subprocess.run([*argv, url], capture_output=True, text=True, check=True,
+                                timeout=seconds + 60).stdout  # fmt: skip
     percentiles = {int(p): float(v) * _UNITS_MS[u] for p, v, u in _PERCENTILE.findall(output)}
     total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
     rate = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.MULTILINE)
@@ -99,13 +119,21 @@ def _read_response(sock: socket.socket, pending: bytes) -> tuple[int, bool, byte
     return status, closes, rest[length:]
 
 
-def run_python(url: str, *, connections: int, seconds: float, keep_alive: bool) -> Result:
-    """One thread a connection, sending GETs back to back for ``seconds``."""
+def run_python(
+    url: str, *, connections: int, seconds: float, keep_alive: bool,
+    headers: dict[str, str] | None = None, body: bytes | None = None,
+) -> Result:  # fmt: skip
+    """One thread a connection, sending requests back to back for ``seconds``."""
     parts = urllib.parse.urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     header = "" if keep_alive else "Connection: close\r\n"
-    request = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{header}\r\n".encode()
+    header += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    method = "GET" if body is None else "POST"
+    if body is not None:
+        header += f"Content-Length: {len(body)}\r\n"
+    request = (f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{header}\r\n".encode()
+               + (body or b""))  # fmt: skip
     deadline = time.monotonic() + seconds
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
