@@ -64,7 +64,8 @@ if [ ! -x "$CACHE/qemu/bin/qemu-system-x86_64" ]; then
     )
     mkdir -p "$CACHE/qemu/bin" "$CACHE/qemu/share/qemu"
     cp "$CACHE/build/qemu-system-x86_64" "$CACHE/qemu/bin/"
-    cp "$tools"/usr/share/qemu/{linuxboot_dma,kvmvapic}.bin /usr/share/seabios/bios-256k.bin \
+    cp "$tools"/usr/share/qemu/{linuxboot_dma,kvmvapic}.bin "$tools"/usr/share/qemu/qboot.rom \
+        /usr/share/seabios/bios-256k.bin \
         "$CACHE/qemu/share/qemu/" 2>/dev/null || true
     rm -rf "$CACHE/src" "$CACHE/build" "$CACHE"/dl/qemu_*.orig.tar.*
 fi
@@ -73,12 +74,14 @@ log "machines: $("$qemu" -machine help | grep -o 'nitro-enclave.*' || echo 'no n
 if [ $# -ge 1 ]; then
     # QEMU reads and checks the whole EIF (read_eif_file: version, flags, section table, CRC)
     # before it loads the BIOS and realises vhost-user-vsock. A socket that accepts and says
-    # nothing lets it get that far; QEMU's words show how far it got. Seen here (QEMU 10.0.2):
-    # our EIF passes and QEMU stops at "could not load PC BIOS 'qboot.rom'" (not copied above;
-    # it is in qemu-system-data); the same EIF with one flipped bit stops at "CRC mismatch".
-    # Booting on needs qboot.rom and a vhost-user-vsock back end that answers the handshake
-    # (GET_FEATURES, GET_PROTOCOL_FEATURES with CONFIG, SET_OWNER, GET_CONFIG = guest CID, the
-    # SET_VRING_* messages); then a test init reading PCR0..2 through /dev/nsm.
+    # nothing lets it get that far; QEMU's words show how far it got. Seen here (QEMU 10.0.2,
+    # 2026-12-05, on a 238 MB EIF from `noflylist eif build`): the EIF passes, qboot.rom
+    # loads (copied above), and QEMU stops at "Failed to write msg. Wrote -1 instead of 12."
+    # then "vhost_backend_init failed: Protocol error": the vhost-user-vsock handshake. The
+    # same EIF with one flipped bit stops earlier, at "CRC mismatch". Booting on needs a
+    # vhost-user-vsock back end that answers the handshake (GET_FEATURES,
+    # GET_PROTOCOL_FEATURES with CONFIG, SET_OWNER, GET_CONFIG = guest CID, the SET_VRING_*
+    # messages), then a test init reading PCR0..2 through /dev/nsm.
     work=$(mktemp -d)
     python3 -c 'import socket, sys, time
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
