@@ -149,7 +149,7 @@ fetch_kernel() {
     mv "$tmp" "$KERNEL_DIR"
 }
 
-# -- initramfs: busybox, nsm.ko, Debian's python3, enclave/ and noflylist/client/ ------------
+# -- initramfs: busybox, nsm.ko, Debian's python3 and the files guest_files.txt names -------
 
 # Copy the shared libraries an ELF file needs (as ldd resolves them on this Debian host).
 copy_libraries() {
@@ -186,12 +186,15 @@ build_initramfs() {
     log "copying pytest, cbor2, cryptography and what they need from $HOST_PYTHON"
     "$HOST_PYTHON" "$HERE/guest_packages.py" "$root/opt/site" pytest cbor2 cryptography >/dev/null ||
         die "could not copy the guest's Python packages"
-    cp -r "$ROOT/enclave" "$root/project/enclave"
-    # The verifier the guest's documents are checked with (the client side, not the image's).
-    mkdir -p "$root/project/noflylist"
-    cp "$ROOT/noflylist/__init__.py" "$root/project/noflylist/"
-    cp -r "$ROOT/noflylist/client" "$root/project/noflylist/client"
-    cp "$HERE/guest_tests.py" "$root/project/tests/nsm_qemu/"
+    # enclave/, the verifier the guest's documents are checked with (the client side, not the
+    # image's) and the tests: the files guest_files.txt names, nothing else of the project.
+    local path
+    while read -r path; do
+        case $path in '' | '#'*) continue ;; esac
+        [ -e "$ROOT/$path" ] || die "guest_files.txt names $path, which the checkout lacks"
+        mkdir -p "$root/project/$(dirname "$path")"
+        cp -r "$ROOT/$path" "$root/project/$path"
+    done <"$HERE/guest_files.txt"
     # Byte-compile with the guest's interpreter: compiling at import is slow under TCG.
     find "$root/project" "$root/opt/site" -name __pycache__ -prune -exec rm -rf {} +
     "$python" -m compileall -q -j0 "$root/project" "$root/opt/site" >/dev/null
