@@ -35,7 +35,7 @@ from noflylist.tools import seal
 from noflylist_simulator.ca import load_or_create
 from noflylist_simulator.nsm import SimulatedNSM
 from tests.support.fake_kms import FakeDataKeys
-from tests.support.relay import Relay
+from tests.support.relay import Relay, _flip
 from tests.test_signed_routes import LISTED, PCR0, _Service
 
 
@@ -113,6 +113,13 @@ ATTACKS = [
     ("signature", {"position": 63}, "does not verify under the attested answer key"),
     ("other-name", {"other_name": "Elmo"}, "another name's answer"),
 ]
+
+
+def test_the_relays_flip_keeps_every_hex_digit_a_different_hex_digit():
+    """The key-id attack must reach the key look-up whatever random key id the run has."""
+    for digit in b"0123456789abcdef":
+        flipped = _flip(bytes([digit]), 0)
+        assert flipped != bytes([digit]) and flipped in [bytes([d]) for d in b"0123456789abcdef"]
 
 
 @pytest.mark.parametrize(("mode", "options", "reason"), ATTACKS,

@@ -119,8 +119,21 @@ def _forward(upstream: tuple[str, int], method: str, target: str, headers: dict[
 
 
 def _flip(data: bytes, position: int) -> bytes:
+    """Change one byte; a digit stays a digit and a-f stays a-f (the next one, cyclically).
+
+    So a changed key id, digest or serial still parses and the refusal tested is the
+    signature's or the key's, every run: a plain XOR with 1 turned a random key id's ``a`` or
+    ``f`` into a non-hex byte one run in eight, and the statement's parser refused it first.
+    """
     changed = bytearray(data)
-    changed[position % len(changed)] ^= 0x01
+    index = position % len(changed)
+    byte = changed[index]
+    if 0x30 <= byte <= 0x39:
+        changed[index] = 0x30 + (byte - 0x30 + 1) % 10
+    elif 0x61 <= byte <= 0x66:
+        changed[index] = 0x61 + (byte - 0x61 + 1) % 6
+    else:
+        changed[index] = byte ^ 0x01
     return bytes(changed)
 
 
