@@ -584,6 +584,7 @@ def _flood(address: tuple[str, int], stop: threading.Event) -> list[socket.socke
     return socks
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_a_pipelining_flood_delays_another_clients_answer_by_one_answer_a_turn(
     tmp_path: Path,
 ) -> None:

@@ -413,6 +413,7 @@ def one_server() -> Iterator[ScriptedServer]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_bodies, status=st.sampled_from([200, 400, 403]))
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_any_kms_answer_gives_a_result_or_a_kms_error_that_never_quotes_the_answer(
     one_server: ScriptedServer, body: bytes, status: int
 ) -> None:

@@ -121,7 +121,7 @@ class _Loopback:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.005},
                          daemon=True).start()  # fmt: skip
 
     def stop(self) -> None:

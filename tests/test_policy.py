@@ -704,6 +704,7 @@ def test_generated_policy_still_lets_the_admin_administer_the_key(local_kms):
     assert code == "AccessDeniedException"  # aliases are no longer the admin's
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_frozen_policy_needs_the_lockout_bypass_and_then_nobody_may_put_a_policy(local_kms):
     kms, ca, _ = local_kms
     admin = _boto(kms, ADMIN)

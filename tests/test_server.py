@@ -627,6 +627,7 @@ _FUZZ_STATUSES = {200, 400, 404, 405, 408, 413, 414, 415, 417, 431, 501, 505}
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.one_of(_HEADS, st.binary(max_size=300)))
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_arbitrary_bytes_get_well_formed_answers_or_none_and_never_crash_the_server(
     rig: Rig, data: bytes
 ) -> None:
@@ -800,6 +801,7 @@ def _wait_until_stalled(log: _AnswerLog, path: str, quiet: float = 0.5) -> int:
     raise AssertionError(f"answers on {path} never stopped ({count} so far)")
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the_send_timeout() -> (
     None
 ):
@@ -841,6 +843,7 @@ def test_a_client_that_does_not_read_is_no_longer_served_and_is_closed_after_the
             flood.close()
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_a_slow_reader_of_a_large_answer_is_not_cut_off_while_it_keeps_taking_bytes() -> None:
     """send_timeout bounds the time between two sends that make progress, not the whole
     answer (nginx's send_timeout): a client that takes a 150 KiB answer 8 KiB at a time,

@@ -215,6 +215,7 @@ class _RecordingEvent(threading.Event):
         return super().wait(timeout)
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_asking_for_the_region_backs_off_doubling_to_the_ceiling(
     kms: FaultyKMS, imds: FakeImds, envelope_file: Path, ca: SimulatedCA,
     monkeypatch: pytest.MonkeyPatch,
@@ -340,6 +341,7 @@ def test_the_simulator_entry_point_refuses_a_mode_that_is_not_simulated(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # 0.7 s or more (pyproject.toml): the full tier runs it
 def test_noflylist_serve_rides_out_imds_down_at_boot_then_serves_and_exits_0_on_sigterm(
     kms: FaultyKMS, imds: FakeImds, envelope_file: Path, state: Path, ca: SimulatedCA
 ) -> None:

@@ -127,7 +127,7 @@ class EnvelopeSite:
             self._httpd.socket, server_side=True
         )
         self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}/envelope.json"
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.005},
                          daemon=True).start()  # fmt: skip
 
     def stop(self) -> None:

@@ -58,7 +58,9 @@ class Relay:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A 5 ms poll: stop() waits up to one, and most relay tests stop one.
+        serve = self._httpd.serve_forever
+        self._thread = threading.Thread(target=serve, args=(0.005,), daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -73,8 +73,10 @@ class ScriptedServer:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def start(self) -> None:
+        # shutdown() waits up to one poll interval, and hundreds of tests start a server each:
+        # at 50 ms the error-text tests alone spent 12 s of the fast tier stopping servers.
         threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True
         ).start()
 
     def stop(self) -> None:

@@ -261,7 +261,7 @@ def serve(tls: ssl.SSLContext | None = None, *, bind: str = "127.0.0.1",
     ``host`` is the name put in :meth:`EchoServer.url`; with TLS it must be in the certificate.
     """
     server = _Server((bind, 0), tls)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.005},
                               name="echo-server", daemon=True)
     thread.start()
     try:
