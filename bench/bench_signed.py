@@ -15,7 +15,10 @@ and p99 (medians over rounds) and the ratios against the issue's targets: signed
 other, as ``bench_http.py --compare`` does) and prints this tree's unsigned throughput and
 p99 as ratios of that one's: the issue's "unsigned unchanged (within 3 %)".
 
-    python3 bench/bench_signed.py [--seconds 4] [--rounds 3] [--compare COMMIT]
+``--match exact`` serves under the ``exact`` rule instead of fold-1: one keyed look-up a name
+instead of fold-1's four (the batch's cost is the look-ups, see bench/README.md).
+
+    python3 bench/bench_signed.py [--seconds 4] [--rounds 3] [--compare COMMIT] [--match RULE]
 """
 
 from __future__ import annotations
@@ -51,9 +54,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", metavar="COMMIT", help="also run the service at COMMIT")
+    parser.add_argument("--match", choices=("fold-1", "exact"), default=None,
+                        help="the services' match rule (default: the service's own default)")
     args = parser.parse_args()
     print(harness.machine())
     print(f"command: python3 {' '.join(sys.argv)}")
+    print(f"match rule: {args.match or 'the default (fold-1)'}")
     folder = Path(tempfile.mkdtemp(prefix="bench-signed-"))
     names = _manifest()
     batch = json.dumps({"names": names}).encode()
@@ -61,9 +67,10 @@ def main() -> None:
         pin = args.compare is not None
         if pin:
             harness.pin_client()
-        servers = [harness.start_noflylist(sealed, folder, pin=pin)]
+        servers = [harness.start_noflylist(sealed, folder, pin=pin, match=args.match)]
         if args.compare:
-            servers.append(harness.start_noflylist(sealed, folder, pin=pin, commit=args.compare))
+            servers.append(harness.start_noflylist(sealed, folder, pin=pin, commit=args.compare,
+                                                   match=args.match))  # fmt: skip
         try:
             for server in servers:
                 harness.wait_ready(server, "/readyz")

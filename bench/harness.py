@@ -153,11 +153,14 @@ def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Pa
 
 
 def start_noflylist(sealed: SealedList, folder: Path, *, pin: bool = False,
-                    commit: str | None = None) -> Running:  # fmt: skip
-    """``noflylist serve`` from this tree, or from ``commit``'s (named ``noflylist@COMMIT``)."""
+                    commit: str | None = None, match: str | None = None) -> Running:  # fmt: skip
+    """``noflylist serve`` from this tree, or from ``commit``'s (named ``noflylist@COMMIT``);
+    ``match`` is its ``NOFLYLIST_MATCH`` (the default rule when None)."""
     port = free_port()
     tree = REPO if commit is None else checkout(commit, folder)
     argv, env = sealed.serve_command(port, tree)
+    if match is not None:
+        env["NOFLYLIST_MATCH"] = match
     name = "noflylist" if commit is None else f"noflylist@{commit}"
     return start(name, argv, env, port, folder, pin=pin, cwd=tree)
 

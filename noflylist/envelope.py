@@ -16,6 +16,24 @@ Two formats:
   or the key id without failing authentication. ``serial`` only grows: the service refuses
   an envelope older than the one it serves (no rollback to an older list).
 
+* **v3, a sealed, prebuilt table** (``seal --format v3``): a first line, one JSON header
+  line, then the raw AES-256-GCM ciphertext (binary: no base64, no JSON around the bulk)::
+
+    noflylist-envelope-v3
+    {"format": "noflylist-envelope-v3", "key_id": …, "serial": 7, "created": …,
+     "entries": 15, "stored_keys": 23, "skipped_empty": 0,
+     "rule": "fold-1; unicode 15.0.0; tables …", "encryption_context": {"app": "noflylist"},
+     "data_key_ciphertext": "<base64 KMS blob>", "nonce": "<base64, 12 bytes>"}
+    <ciphertext of the table's key and slots, tag appended>
+
+  The sealer keyed the names and placed their fingerprints (:func:`noflylist.table.
+  build_parts`); the enclave decrypts the table straight into the buffer it serves from,
+  checks its structure (:meth:`noflylist.table.ScreeningTable.from_sealed`) and never sees a
+  listed name in clear. ``rule`` is the :func:`noflylist.matchkey.rule_identity` it was keyed
+  under; a service under another rule (or another Unicode version) refuses it and says how to
+  reseal. ``entries`` counts distinct names, ``stored_keys`` the fingerprints. The associated
+  data is, as in v2, the canonical JSON of every header field but ``nonce``.
+
 * **fernet, the public demo's** (read for compatibility; ``seal --format fernet`` writes
   it)::
 
@@ -48,9 +66,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave import strict_json
 from enclave.errors import NoflylistError
+from noflylist import matchkey
+from noflylist.table import ScreeningError, ScreeningTable
 from noflylist.wire import MAX_SERIAL
 
 FORMAT_V2 = "noflylist-envelope-v2"
+FORMAT_V3 = "noflylist-envelope-v3"
+#: A v3 envelope's first line: it tells the binary framing from a JSON document.
+V3_MAGIC = FORMAT_V3.encode("ascii") + b"\n"
+#: Longest v3 header line (the JSON between the first line and the ciphertext).
+MAX_V3_HEADER_BYTES = 64 * 1024
 FORMAT_FERNET = "fernet"
 #: Upper bound on an envelope document: 2 million names of ~20 bytes, base64-encoded, is
 #: about 55 MiB; anything much larger is not an envelope of ours.
@@ -83,6 +108,7 @@ _V2_FIELDS = frozenset(
         "ciphertext",
     }
 )
+_V3_FIELDS = (_V2_FIELDS - {"ciphertext"}) | {"stored_keys", "skipped_empty", "rule"}
 
 
 class EnvelopeError(NoflylistError):
@@ -107,7 +133,8 @@ class Envelope:
 
     format: str
     data_key_ciphertext: bytes = field(repr=False)
-    ciphertext: bytes = field(repr=False)
+    #: v3's is a view of the document (tens of MiB at millions of names: not copied).
+    ciphertext: bytes | memoryview = field(repr=False)
     key_id: str | None = None
     serial: int = 0
     created: str | None = None
@@ -115,6 +142,10 @@ class Envelope:
     encryption_context: Mapping[str, str] = field(default_factory=dict)
     nonce: bytes = b""
     associated_data: bytes = field(default=b"", repr=False)
+    #: v3 only: the table's counts and the match rule it was keyed under.
+    stored_keys: int = 0
+    skipped_empty: int = 0
+    rule: str | None = None
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -144,6 +175,8 @@ def _parse(document: bytes) -> Envelope:
         raise EnvelopeError(
             f"envelope is {len(document)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed"
         )
+    if document.startswith(V3_MAGIC):
+        return _parse_v3(document)
     try:
         value = strict_json.loads(
             document, max_bytes=MAX_ENVELOPE_BYTES, max_depth=MAX_JSON_DEPTH
@@ -174,6 +207,18 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
             f"envelope has {len(extra)} unknown field(s); a v2 envelope has exactly "
             f"{', '.join(sorted(_V2_FIELDS))}"
         )
+    common = _common_fields(value)  # checked in the order v2 always checked them
+    header = {k: v for k, v in value.items() if k not in ("nonce", "ciphertext")}
+    return Envelope(
+        format=FORMAT_V2,
+        ciphertext=_b64_field(value, "ciphertext"),
+        associated_data=canonical_header(header),
+        **common,
+    )
+
+
+def _common_fields(value: dict[str, Any]) -> dict[str, Any]:
+    """The checked fields v2 and v3 share, as :class:`Envelope`'s keyword arguments."""
     serial, entries = value["serial"], value["entries"]
     if not is_count(serial):
         raise EnvelopeError(f"envelope field 'serial' must be an integer in 0..{MAX_COUNT}")
@@ -190,18 +235,59 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
     nonce = _b64_field(value, "nonce")
     if len(nonce) != NONCE_BYTES:
         raise EnvelopeError(f"envelope field 'nonce' must be {NONCE_BYTES} bytes")
-    header = {k: v for k, v in value.items() if k not in ("nonce", "ciphertext")}
+    return {
+        "data_key_ciphertext": _b64_field(value, "data_key_ciphertext"),
+        "key_id": value["key_id"],
+        "serial": serial,
+        "created": value["created"],
+        "entries": entries,
+        "encryption_context": MappingProxyType(dict(context)),
+        "nonce": nonce,
+    }
+
+
+def _parse_v3(document: bytes) -> Envelope:
+    view = memoryview(document)[len(V3_MAGIC) :]
+    end = view[: MAX_V3_HEADER_BYTES + 1].tobytes().find(b"\n")
+    if end < 0:
+        raise EnvelopeError(
+            f"envelope v3 has no header line ending within {MAX_V3_HEADER_BYTES} bytes of "
+            "its first line"
+        )
+    try:
+        value = strict_json.loads(
+            view[:end].tobytes(), max_bytes=MAX_V3_HEADER_BYTES, max_depth=MAX_JSON_DEPTH
+        )
+    except strict_json.JSONError as exc:
+        raise EnvelopeError(f"envelope v3's header is not JSON this service reads: {exc}") from None
+    if not isinstance(value, dict) or value.get("format") != FORMAT_V3:
+        raise EnvelopeError(f"envelope v3's header is not an object with format {FORMAT_V3!r}")
+    missing = sorted(_V3_FIELDS - value.keys())
+    if missing:
+        raise EnvelopeError(f"envelope v3 lacks header field(s): {', '.join(missing)}")
+    extra = value.keys() - _V3_FIELDS
+    if extra:
+        raise EnvelopeError(
+            f"envelope v3 has {len(extra)} unknown header field(s); it has exactly "
+            f"{', '.join(sorted(_V3_FIELDS))}"
+        )
+    for name in ("stored_keys", "skipped_empty"):
+        if not is_count(value[name]):
+            raise EnvelopeError(f"envelope field {name!r} must be an integer in 0..{MAX_COUNT}")
+    if not _is_text(value["rule"]) or not value["rule"]:
+        raise EnvelopeError("envelope field 'rule' must be a non-empty Unicode string")
+    ciphertext = view[end + 1 :]
+    if not ciphertext:
+        raise EnvelopeError("envelope v3 has no ciphertext after its header line")
+    header = {k: v for k, v in value.items() if k != "nonce"}
     return Envelope(
-        format=FORMAT_V2,
-        data_key_ciphertext=_b64_field(value, "data_key_ciphertext"),
-        ciphertext=_b64_field(value, "ciphertext"),
-        key_id=value["key_id"],
-        serial=serial,
-        created=value["created"],
-        entries=entries,
-        encryption_context=MappingProxyType(dict(context)),
-        nonce=nonce,
+        format=FORMAT_V3,
+        ciphertext=ciphertext,
         associated_data=canonical_header(header),
+        stored_keys=value["stored_keys"],
+        skipped_empty=value["skipped_empty"],
+        rule=value["rule"],
+        **_common_fields(value),
     )
 
 
@@ -244,6 +330,63 @@ def decrypt(
     return _guarded(names)
 
 
+def decrypt_table(
+    envelope: Envelope,
+    decryptor: DataKeyDecryptor,
+    *,
+    rule: str,
+    pinned_key_id: str | None = None,
+) -> ScreeningTable:
+    """Open a v3 envelope's data key with ``decryptor`` (KMS) and serve its sealed table.
+
+    ``rule`` is this service's match rule: a table keyed under another
+    (:func:`noflylist.matchkey.rule_identity`: the rule, the Unicode version, the fold
+    tables) is refused, after the header is authenticated, with how to reseal.
+    ``pinned_key_id`` as in :func:`decrypt`.
+    """
+    if envelope.format != FORMAT_V3:
+        raise EnvelopeError(f"decrypt_table opens {FORMAT_V3} envelopes; use decrypt()")
+    data_key = decryptor.decrypt(
+        envelope.data_key_ciphertext,
+        key_id=pinned_key_id or envelope.key_id,
+        encryption_context=envelope.encryption_context or None,
+    )
+    try:
+        return _open_table(envelope, data_key, rule)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # the boundary, as in parse()
+        raise _unexpected(exc, "opening the sealed table") from None
+
+
+def _open_table(envelope: Envelope, data_key: bytes, rule: str) -> ScreeningTable:
+    if len(data_key) != DATA_KEY_BYTES:
+        raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
+    # The buffer the table is served from: the key and slots are decrypted into it once.
+    plaintext = bytearray(max(0, len(envelope.ciphertext) - _GCM_TAG_BYTES))
+    try:
+        AESGCM(data_key).decrypt_into(
+            envelope.nonce, envelope.ciphertext, envelope.associated_data, plaintext
+        )
+    except (InvalidTag, ValueError):
+        raise EnvelopeError(
+            "envelope authentication failed: its table or header was changed, or it was "
+            "sealed under another data key"
+        ) from None
+    try:
+        matchkey.check_rule(str(envelope.rule), rule)
+        return ScreeningTable.from_sealed(
+            plaintext,
+            rule=rule,
+            entries=envelope.entries or 0,
+            stored_keys=envelope.stored_keys,
+            skipped_empty=envelope.skipped_empty,
+        )
+    except (matchkey.MatchRuleError, ScreeningError) as exc:
+        plaintext[:] = bytes(len(plaintext))  # the table's key: not left in freed memory
+        raise EnvelopeError(f"envelope refused: {exc}") from None
+
+
 def _open(envelope: Envelope, data_key: bytes) -> Iterator[str]:
     if len(data_key) != DATA_KEY_BYTES:
         raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
@@ -280,7 +423,7 @@ def _fernet_names(envelope: Envelope, data_key: bytes) -> Iterator[str]:
     """The public demo's format. ``Fernet`` returns the list as immutable ``bytes``, so unlike
     v2's buffer it cannot be zeroed after reading: one more reason to prefer v2."""
     try:
-        plaintext = Fernet(base64.b64encode(data_key)).decrypt(envelope.ciphertext)
+        plaintext = Fernet(base64.b64encode(data_key)).decrypt(bytes(envelope.ciphertext))
         text = plaintext.decode("utf-8")
     except (InvalidToken, UnicodeDecodeError):
         raise EnvelopeError(

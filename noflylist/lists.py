@@ -392,20 +392,30 @@ class ListHolder:
             return None
         parsed = envelope.parse(data)
         _check_not_older(parsed, current)
-        names = envelope.decrypt(parsed, decryptor, pinned_key_id=self._pinned_key_id)
-        # v2 and fernet envelopes carry the names, not their keys, and record no match
-        # rule: the names are keyed here, under the rule this service is configured with.
-        table = ScreeningTable.build(names, self._match_rule)
-        del names
+        serial, form = parsed.serial, parsed.format
+        if parsed.format == envelope.FORMAT_V3:
+            # The sealer keyed the names: the table is decrypted, checked and served.
+            table = envelope.decrypt_table(
+                parsed, decryptor, rule=self._match_rule, pinned_key_id=self._pinned_key_id
+            )
+            done = "sealed table decrypted and checked"
+        else:
+            names = envelope.decrypt(parsed, decryptor, pinned_key_id=self._pinned_key_id)
+            # v2 and fernet envelopes carry the names, not their keys, and record no match
+            # rule: the names are keyed here, under the rule this service is configured with.
+            table = ScreeningTable.build(names, self._match_rule)
+            del names
+            done = "envelope decrypted and table built"
+        version = fetched.version
+        del parsed, data, fetched  # a v3 table does not need the document it came in
         log.info(
-            "envelope decrypted and table built in %.2f s: %d keys under match rule %s",
+            "%s in %.2f s: %d keys under match rule %s",
+            done,
             time.monotonic() - started,
             table.stored_keys,
             matchkey.rule_identity(table.rule),
         )
-        return ListInService(
-            table, parsed.serial, parsed.format, digest, time.time(), fetched.version
-        )
+        return ListInService(table, serial, form, digest, time.time(), version)
 
 
 #: glibc's ``mallopt`` parameter number for the mmap threshold (``M_MMAP_THRESHOLD``).
@@ -452,19 +462,25 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+#: The formats with a serial, which only grows (the fernet format has none).
+_SERIAL_FORMATS = (envelope.FORMAT_V2, envelope.FORMAT_V3)
+
+
 def _check_not_older(parsed: envelope.Envelope, current: ListInService | None) -> None:
-    """Refuse rollback: a changed v2 envelope must carry a higher serial than the one in use."""
+    """Refuse rollback: a changed v2 or v3 envelope must carry a higher serial than the one
+    in use."""
     if current is None:
         return
-    if parsed.format == envelope.FORMAT_V2 and parsed.serial <= current.serial:
+    if parsed.format in _SERIAL_FORMATS and parsed.serial <= current.serial:
         raise RollbackError(
             f"envelope serial {parsed.serial} is not newer than serial {current.serial} in "
             "service; refusing to roll back (seal the new list with a higher --serial)"
         )
     if parsed.format == envelope.FORMAT_FERNET:
-        if current.format == envelope.FORMAT_V2:
+        if current.format in _SERIAL_FORMATS:
             raise RollbackError(
-                "a fernet-format envelope has no serial and cannot replace a v2 list in service"
+                "a fernet-format envelope has no serial and cannot replace a v2 or v3 list in "
+                "service"
             )
         log.warning("fernet-format envelopes carry no serial: rollback cannot be detected")
 

@@ -34,6 +34,7 @@ from enclave.sigv4 import Credentials
 from noflylist.cli import Handler, setup_logging
 from noflylist.client.client import Client, ClientError, Unavailable
 from noflylist.config import ServeConfig
+from noflylist.matchkey import DEFAULT_RULE
 from noflylist.tools import seal
 from noflylist.tools.policy import key_policy
 
@@ -103,9 +104,10 @@ def run_demo(*, port: int, state: Path, host: str = "127.0.0.1") -> int:
 
     operator = local_kms.create_credentials(OPERATOR_ROLE, session_token=True)
     sealer = KMSClient(REGION, _Fixed(operator), endpoint=kms_url, environ={})
-    envelope_path = state / "envelope.json"
+    # v3: the sealer keys the names and builds the table; the service decrypts and serves it.
+    envelope_path = state / "envelope.v3"
     envelope_path.write_bytes(
-        seal.seal_v2(SAMPLE_NAMES, sealer, key_arn, serial=int(time.time()))
+        seal.seal_v3(SAMPLE_NAMES, sealer, key_arn, serial=int(time.time()), rule=DEFAULT_RULE)
     )
 
     enclave = local_kms.create_credentials(ENCLAVE_ROLE, session_token=True)
