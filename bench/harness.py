@@ -49,6 +49,8 @@ class SealedList:
 
     names: Sequence[str]
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="noflylist-bench-")))
+    #: Also seal a v3 envelope (the prebuilt table, keyed here), as ``envelope_v3``.
+    v3: bool = False
 
     def __enter__(self) -> SealedList:
         ca = load_or_create(self.folder / "ca")
@@ -66,6 +68,9 @@ class SealedList:
                            environ={})  # fmt: skip
         self.envelope = self.folder / "envelope.json"
         self.envelope.write_bytes(seal.seal_v2(self.names, sealer, key_arn, serial=1))
+        self.envelope_v3 = self.folder / "envelope.v3"
+        if self.v3:
+            self.envelope_v3.write_bytes(seal.seal_v3(self.names, sealer, key_arn, serial=1))
         self.names_file = self.folder / "names.txt"
         self.names_file.write_text("".join(name + "\n" for name in self.names))
         self.key_arn, self.kms_url = key_arn, url
@@ -74,13 +79,16 @@ class SealedList:
     def __exit__(self, *exc: object) -> None:
         self._kms.stop()
 
-    def serve_command(self, port: int, tree: Path = REPO) -> tuple[list[str], dict[str, str]]:
+    def serve_command(self, port: int, tree: Path = REPO, *, v3: bool = False
+                      ) -> tuple[list[str], dict[str, str]]:  # fmt: skip
         """``noflylist serve`` for this list, as argv and environment; ``tree`` is the source
-        tree it runs from (another commit's, from :func:`checkout`, for an A/B run)."""
+        tree it runs from (another commit's, from :func:`checkout`, for an A/B run); ``v3``
+        serves the v3 envelope."""
         # The simulator's NSM is run by its own entry point; a commit from before it had one
         # (an A/B baseline) ran it from `noflylist serve`.
         entry = "noflylist_simulator" if (tree / "noflylist_simulator").is_dir() else "noflylist"
-        argv = [sys.executable, "-m", entry, "serve", "--envelope", str(self.envelope),
+        document = self.envelope_v3 if v3 else self.envelope
+        argv = [sys.executable, "-m", entry, "serve", "--envelope", str(document),
                 "--host", "127.0.0.1", "--port", str(port), "--attestation", "simulated",
                 "--simulator-state", str(self.folder), "--refresh-interval", "0",
                 "--key-id", self.key_arn]  # fmt: skip
@@ -153,15 +161,18 @@ def start(name: str, argv: list[str], env: dict[str, str], port: int, folder: Pa
 
 
 def start_noflylist(sealed: SealedList, folder: Path, *, pin: bool = False,
-                    commit: str | None = None, match: str | None = None) -> Running:  # fmt: skip
+                    commit: str | None = None, match: str | None = None,
+                    v3: bool = False) -> Running:  # fmt: skip
     """``noflylist serve`` from this tree, or from ``commit``'s (named ``noflylist@COMMIT``);
-    ``match`` is its ``NOFLYLIST_MATCH`` (the default rule when None)."""
+    ``match`` is its ``NOFLYLIST_MATCH`` (the default rule when None); ``v3`` serves the
+    sealed table (named ``noflylist-v3``)."""
     port = free_port()
     tree = REPO if commit is None else checkout(commit, folder)
-    argv, env = sealed.serve_command(port, tree)
+    argv, env = sealed.serve_command(port, tree, v3=v3)
     if match is not None:
         env["NOFLYLIST_MATCH"] = match
     name = "noflylist" if commit is None else f"noflylist@{commit}"
+    name += "-v3" if v3 else ""
     return start(name, argv, env, port, folder, pin=pin, cwd=tree)
 
 

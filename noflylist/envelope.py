@@ -315,6 +315,8 @@ def decrypt(
     The names come out one at a time so the caller can build its table without a list of
     every name; nothing here keeps them.
     """
+    if envelope.format == FORMAT_V3:
+        raise EnvelopeError(f"a {FORMAT_V3} envelope holds a table, not names: decrypt_table()")
     # The decryptor is ours (KMS): its errors, KMSError among them, pass through unchanged.
     data_key = decryptor.decrypt(
         envelope.data_key_ciphertext,

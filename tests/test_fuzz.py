@@ -59,7 +59,7 @@ from enclave import ber, cbor, cms, imds
 from enclave.ber import TLV
 from enclave.errors import NoflylistError
 from enclave.kms import DataKey
-from noflylist import answer_format, decision, envelope, routes, wire
+from noflylist import answer_format, decision, envelope, matchkey, routes, wire
 from noflylist.client import attestation, cose
 from noflylist.lists import ListHolder
 from noflylist.metrics import Metrics
@@ -183,6 +183,10 @@ def _common_prefix(a: bytes, b: bytes) -> int:
 
 def fuzz_envelope(data: bytes) -> None:
     parsed = envelope.parse(data)
+    if parsed.format == envelope.FORMAT_V3:
+        table = envelope.decrypt_table(parsed, _FixedKey(), rule=matchkey.DEFAULT_RULE)
+        assert len(table) <= table.stored_keys
+        return
     names = list(envelope.decrypt(parsed, _FixedKey()))
     assert all(isinstance(name, str) and name.strip() for name in names)
 
@@ -319,6 +323,7 @@ def seeds(target: str) -> tuple[bytes, ...]:
         "envelope": (
             seal.seal_v2(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=3),
             seal.seal_fernet(["bert", "ernie"], _FixedKey(), KEY_ARN),
+            seal.seal_v3(["Big Bird", "Elmo"], _FixedKey(), KEY_ARN, serial=4),
         ),
         "imds": (_IMDS_DOCUMENT,),
         "user-data": tuple(
@@ -487,6 +492,25 @@ def _json_field_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
     return b"{" + others + (b", " if others else b"") + entry + b"}"
 
 
+def _v3_mutant(c: _Choices, valid: Sequence[bytes]) -> bytes:
+    """A v3 envelope (first line, JSON header line, binary table) with its header mutated as
+    a JSON object is, its ciphertext cut or a byte of it changed, or its lines run together."""
+    document = _pick(c, valid)
+    header, _, ciphertext = document[len(envelope.V3_MAGIC) :].partition(b"\n")
+    action = c.integer(0, 3)
+    if action == 0:
+        header = _json_field_mutant(c, [header])
+    elif action == 1:
+        ciphertext = ciphertext[: c.integer(0, len(ciphertext))]
+    elif action == 2 and ciphertext:
+        changed = bytearray(ciphertext)
+        changed[c.integer(0, len(changed) - 1)] ^= 1 << c.integer(0, 7)
+        ciphertext = bytes(changed)
+    else:
+        return envelope.V3_MAGIC + header + ciphertext
+    return envelope.V3_MAGIC + header + b"\n" + ciphertext
+
+
 # CBOR: Nitro documents, COSE_Sign1, user_data.
 
 _CBOR_POOL: tuple[cbor.CBORValue, ...] = (
@@ -641,7 +665,13 @@ def _generators(target: str) -> tuple[Callable[[_Choices], bytes], ...]:
     valid = seeds(target)
     tail: Callable[[_Choices], bytes] = functools.partial(_prefix_with_tail, valid=valid)
     if target in ("envelope", "json-body", "imds"):
-        fields: Callable[[_Choices], bytes] = functools.partial(_json_field_mutant, valid=valid)
+        documents = [v for v in valid if not v.startswith(envelope.V3_MAGIC)]
+        fields: Callable[[_Choices], bytes] = functools.partial(_json_field_mutant,
+                                                                valid=documents)  # fmt: skip
+        if target == "envelope":
+            tables = [v for v in valid if v.startswith(envelope.V3_MAGIC)]
+            v3 = functools.partial(_v3_mutant, valid=tables)
+            return (_json_value, fields, fields, tail, v3, v3)
         return (_json_value, fields, fields, tail)
     if target in ("cbor", "cose", "attestation", "user-data"):
         tree: Callable[[_Choices], bytes] = functools.partial(_cbor_tree_mutant, valid=valid)
