@@ -70,7 +70,7 @@ class _Refused(Exception):
     """Raised inside the parser's hooks; carries a fixed message (never input)."""
 
 
-def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
+def loads(data: bytes | bytearray | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
     """Parse one JSON document strictly (module docstring); raise only :class:`JSONError`."""
     try:
         return _loads(data, max_bytes, max_depth)
@@ -80,7 +80,7 @@ def loads(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> A
         raise JSONError(f"unreadable JSON ({type(exc).__name__})") from None
 
 
-def _loads(data: bytes | str, max_bytes: int, max_depth: int) -> Any:
+def _loads(data: bytes | bytearray | str, max_bytes: int, max_depth: int) -> Any:
     size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
     if size > max_bytes:
         raise JSONError(f"the document is {size} bytes, more than the {max_bytes} allowed")

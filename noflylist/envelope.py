@@ -1,6 +1,6 @@
-"""Envelopes: the encrypted list and its KMS-encrypted data key, as one JSON document.
+"""Envelopes: the encrypted list (or, v3, its keyed table) and its KMS-encrypted data key.
 
-Two formats:
+Three formats:
 
 * **v2, ours** (the default for new envelopes)::
 
@@ -151,7 +151,7 @@ class Envelope:
 # -- reading ---------------------------------------------------------------------------
 
 
-def parse(document: bytes) -> Envelope:
+def parse(document: bytes | bytearray) -> Envelope:
     """Parse and check an envelope document of either format, without decrypting it."""
     try:
         return _parse(document)
@@ -170,7 +170,7 @@ def _unexpected(exc: Exception, step: str) -> EnvelopeError:
     )
 
 
-def _parse(document: bytes) -> Envelope:
+def _parse(document: bytes | bytearray) -> Envelope:
     if len(document) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(
             f"envelope is {len(document)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed"
@@ -246,7 +246,7 @@ def _common_fields(value: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _parse_v3(document: bytes) -> Envelope:
+def _parse_v3(document: bytes | bytearray) -> Envelope:
     view = memoryview(document)[len(V3_MAGIC) :]
     end = view[: MAX_V3_HEADER_BYTES + 1].tobytes().find(b"\n")
     if end < 0:
@@ -364,13 +364,29 @@ def decrypt_table(
 def _open_table(envelope: Envelope, data_key: bytes, rule: str) -> ScreeningTable:
     if len(data_key) != DATA_KEY_BYTES:
         raise EnvelopeError(f"the data key is {len(data_key)} bytes; expected {DATA_KEY_BYTES}")
-    # The buffer the table is served from: the key and slots are decrypted into it once.
-    plaintext = bytearray(max(0, len(envelope.ciphertext) - _GCM_TAG_BYTES))
+    # The buffer the table is served from. When the document is a bytearray (a file's is),
+    # the table is decrypted in place, over its own ciphertext, which is the document's
+    # tail: at millions of names the load then holds one copy of the table, not two.
+    # (OpenSSL's GCM decrypts in place; the tag, after the plaintext's end, is not
+    # overwritten.) Otherwise into a buffer of its own.
+    ciphertext = envelope.ciphertext
+    size = max(0, len(ciphertext) - _GCM_TAG_BYTES)
+    if (
+        isinstance(ciphertext, memoryview)
+        and isinstance(ciphertext.obj, bytearray)
+        and not ciphertext.readonly
+    ):
+        buffer, start = ciphertext.obj, len(ciphertext.obj) - len(ciphertext)
+    else:
+        buffer, start = bytearray(size), 0
     try:
-        AESGCM(data_key).decrypt_into(
-            envelope.nonce, envelope.ciphertext, envelope.associated_data, plaintext
-        )
+        with memoryview(buffer) as whole:
+            AESGCM(data_key).decrypt_into(
+                envelope.nonce, ciphertext, envelope.associated_data,
+                whole[start : start + size],
+            )  # fmt: skip
     except (InvalidTag, ValueError):
+        buffer[start : start + size] = bytes(size)
         raise EnvelopeError(
             "envelope authentication failed: its table or header was changed, or it was "
             "sealed under another data key"
@@ -378,14 +394,16 @@ def _open_table(envelope: Envelope, data_key: bytes, rule: str) -> ScreeningTabl
     try:
         matchkey.check_rule(str(envelope.rule), rule)
         return ScreeningTable.from_sealed(
-            plaintext,
+            buffer,
+            start=start,
+            end=start + size,
             rule=rule,
             entries=envelope.entries or 0,
             stored_keys=envelope.stored_keys,
             skipped_empty=envelope.skipped_empty,
         )
     except (matchkey.MatchRuleError, ScreeningError) as exc:
-        plaintext[:] = bytes(len(plaintext))  # the table's key: not left in freed memory
+        buffer[start : start + size] = bytes(size)  # the table's key: not left in memory
         raise EnvelopeError(f"envelope refused: {exc}") from None
 
 

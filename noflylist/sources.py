@@ -10,6 +10,7 @@ envelope that failed to load is fetched and tried again at the next poll, not sk
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -34,7 +35,8 @@ class SourceError(NoflylistError):
 class Fetched:
     """An envelope's bytes and the source's version of them (opaque, compared for equality)."""
 
-    data: bytes = field(repr=False)
+    #: A file's is a bytearray: a v3 envelope's table is decrypted in place, in it.
+    data: bytes | bytearray = field(repr=False)
     version: str
 
 
@@ -62,10 +64,10 @@ class FileSource:
     def fetch(self, *, unless_version: str | None = None) -> Fetched | None:
         try:
             with self._path.open("rb") as handle:
-                data = handle.read(MAX_ENVELOPE_BYTES + 1)
+                data = _read_into_buffer(handle, MAX_ENVELOPE_BYTES)
         except OSError as exc:
             raise SourceError(f"cannot read envelope file {self._path}: {exc.strerror}") from None
-        if len(data) > MAX_ENVELOPE_BYTES:
+        if data is None:
             raise SourceError(
                 f"envelope file {self._path} is larger than {MAX_ENVELOPE_BYTES} bytes"
             )
@@ -73,6 +75,26 @@ class FileSource:
         if digest == unless_version:
             return None
         return Fetched(data, digest)
+
+
+def _read_into_buffer(handle: io.BufferedReader, limit: int) -> bytearray | None:
+    """The file's bytes in one bytearray of its size (no second copy: at millions of names
+    a v3 table is decrypted in place in it), or None if it is larger than ``limit``. A file
+    that changes while it is read gives what was read (its digest differs, and a torn
+    envelope fails its authentication)."""
+    size = os.fstat(handle.fileno()).st_size
+    if size > limit:
+        return None
+    data = bytearray(size)
+    got = 0
+    with memoryview(data) as view:
+        while got < size:
+            count = handle.readinto(view[got:])
+            if not count:
+                break
+            got += count
+    del data[got:]
+    return data
 
 
 class S3Source:

@@ -259,12 +259,13 @@ def _most_buckets(stored_keys: int) -> int:
     return buckets
 
 
-def _check_sealed(plaintext: bytearray, entries: int, stored_keys: int) -> None:
-    """The structure checks of :meth:`ScreeningTable.from_sealed`."""
-    size = len(plaintext) - _KEY_BYTES
-    if size < _BUCKET_BYTES or size % _BUCKET_BYTES:
+def _check_sealed(buffer: bytearray, start: int, end: int, entries: int, stored_keys: int
+                  ) -> None:  # fmt: skip
+    """The structure checks of :meth:`ScreeningTable.from_sealed`, on ``buffer[start:end]``."""
+    size = end - start - _KEY_BYTES
+    if not 0 <= start <= end <= len(buffer) or size < _BUCKET_BYTES or size % _BUCKET_BYTES:
         raise ScreeningError(
-            f"the sealed table is {len(plaintext)} bytes: not a {_KEY_BYTES}-byte key and "
+            f"the sealed table is {end - start} bytes: not a {_KEY_BYTES}-byte key and "
             f"whole {_BUCKET_BYTES}-byte buckets"
         )
     buckets = size // _BUCKET_BYTES
@@ -281,7 +282,8 @@ def _check_sealed(plaintext: bytearray, entries: int, stored_keys: int) -> None:
         )
     # Strided slices of the bytearray itself (a C loop each): a strided memoryview's
     # tobytes() takes a generic path, about 25 ms a column at 2M names.
-    first = bytes(plaintext[_KEY_BYTES::_FINGERPRINT_BYTES])  # each slot's first byte
+    slots = start + _KEY_BYTES  # where the slots begin in buffer
+    first = bytes(buffer[slots:end:_FINGERPRINT_BYTES])  # each slot's first byte
     occupied = len(first) - len(first.translate(None, _FLAGGED_BYTES))
     if occupied != stored_keys:
         raise ScreeningError(
@@ -292,16 +294,16 @@ def _check_sealed(plaintext: bytearray, entries: int, stored_keys: int) -> None:
     # every byte of an empty slot ANDed with it must be zero.
     empty = int.from_bytes(first.translate(_EMPTY_MASK), "little")
     for column in range(_FINGERPRINT_BYTES):
-        if int.from_bytes(plaintext[_KEY_BYTES + column :: _FINGERPRINT_BYTES], "little") & empty:
+        if int.from_bytes(buffer[slots + column : end : _FINGERPRINT_BYTES], "little") & empty:
             raise ScreeningError(
                 "the sealed table has a slot that is neither empty (all zero) nor "
                 "flagged as occupied"
             )
     stride = max(1, buckets // _PLACEMENT_SAMPLE_BUCKETS)
     for bucket in range(0, buckets, stride):
-        start = _KEY_BYTES + bucket * _BUCKET_BYTES
-        for at in range(start, start + _BUCKET_BYTES, _FINGERPRINT_BYTES):
-            fingerprint = bytes(plaintext[at : at + _FINGERPRINT_BYTES])
+        first_slot = slots + bucket * _BUCKET_BYTES
+        for at in range(first_slot, first_slot + _BUCKET_BYTES, _FINGERPRINT_BYTES):
+            fingerprint = bytes(buffer[at : at + _FINGERPRINT_BYTES])
             if fingerprint[0] & _OCCUPIED_FLAG and bucket not in _candidate_buckets(
                 fingerprint, buckets
             ):
@@ -365,15 +367,18 @@ class ScreeningTable:
     @classmethod
     def from_sealed(
         cls,
-        plaintext: bytearray,
+        buffer: bytearray,
         *,
+        start: int = 0,
+        end: int | None = None,
         rule: str,
         entries: int,
         stored_keys: int,
         skipped_empty: int,
     ) -> ScreeningTable:
-        """The table an envelope v3 carries: ``plaintext`` is its key and then its slots
-        (:func:`build_parts`, as ``noflylist seal`` wrote them), served in place, no copy.
+        """The table an envelope v3 carries: ``buffer[start:end]`` is its key and then its
+        slots (:func:`build_parts`, as ``noflylist seal`` wrote them), served in place, no
+        copy (the envelope module decrypts it inside the document's own buffer).
 
         The sealer built it, so nothing is keyed here and no listed name is ever in clear in
         the enclave. What is checked, since a buggy or foreign sealer (not an attacker: the
@@ -387,9 +392,10 @@ class ScreeningTable:
         C loops (slices, ``translate``, big-integer ``&``): at 2M names about 0.1 s.
         Raises :class:`ScreeningError` naming the check.
         """
-        _check_sealed(plaintext, entries, stored_keys)
-        key = bytes(plaintext[:_KEY_BYTES])
-        slots = memoryview(plaintext)[_KEY_BYTES:]
+        end = len(buffer) if end is None else end
+        _check_sealed(buffer, start, end, entries, stored_keys)
+        key = bytes(buffer[start : start + _KEY_BYTES])
+        slots = memoryview(buffer)[start + _KEY_BYTES : end]
         return cls(key, slots, entries, skipped_empty, rule=matchkey.RULES.index(rule),
                    keys=stored_keys)  # fmt: skip
 

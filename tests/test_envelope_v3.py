@@ -353,3 +353,48 @@ def test_seal_command_writes_v3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert parsed.rule == matchkey.rule_identity(matchkey.EXACT)
     sealed = envelope.decrypt_table(parsed, kms, rule=matchkey.EXACT)
     assert all(sealed.contains(name) for name in NAMES)
+
+
+# -- in place -----------------------------------------------------------------------------------
+
+
+def test_a_bytearray_document_is_decrypted_in_place_and_served_from() -> None:
+    """A file's envelope arrives as a bytearray: the table is decrypted over its own
+    ciphertext and served from the document's buffer, so the load holds one copy."""
+    kms = FakeDataKeys()
+    original = seal.seal_v3(NAMES, kms, "k", serial=4)
+    document = bytearray(original)
+    sealed = envelope.decrypt_table(envelope.parse(document), kms, rule=matchkey.DEFAULT_RULE)
+    assert isinstance(sealed, ScreeningTable)
+    assert sealed._slots.obj is document  # type: ignore[union-attr]
+    header_end = original.index(b"\n", len(V3_MAGIC)) + 1
+    assert document[:header_end] == original[:header_end]  # the header is left alone
+    assert document[header_end:] != original[header_end:]  # the ciphertext is now the table
+    built = envelope.decrypt_table(envelope.parse(original), kms, rule=matchkey.DEFAULT_RULE)
+    for question in QUESTIONS:
+        assert verdict(decide(sealed, question)) == verdict(decide(built, question)), question
+
+
+def test_an_in_place_failure_leaves_no_table_key_in_the_document() -> None:
+    kms = FakeDataKeys()
+    original = seal.seal_v3(NAMES, kms, "k", serial=4, rule=matchkey.EXACT)
+    document = bytearray(original)
+    header_end = original.index(b"\n", len(V3_MAGIC)) + 1
+    with pytest.raises(EnvelopeError, match="keyed under the match rule"):
+        envelope.decrypt_table(envelope.parse(document), kms, rule=matchkey.FOLD_1)
+    plaintext_size = len(original) - header_end - 16
+    assert document[header_end : header_end + plaintext_size] == bytes(plaintext_size)
+    changed = bytearray(original)
+    changed[-20] ^= 1
+    with pytest.raises(EnvelopeError, match="authentication failed"):
+        envelope.decrypt_table(envelope.parse(changed), kms, rule=matchkey.EXACT)
+    assert changed[header_end : header_end + plaintext_size] == bytes(plaintext_size)
+
+
+def test_a_file_source_reads_into_one_bytearray_of_the_files_size(tmp_path: Path) -> None:
+    path = tmp_path / "envelope"
+    path.write_bytes(b"x" * 100_003)
+    fetched = FileSource(str(path)).fetch()
+    assert fetched is not None and isinstance(fetched.data, bytearray)
+    assert fetched.data == b"x" * 100_003
+    assert FileSource(str(path)).fetch(unless_version=fetched.version) is None
