@@ -23,7 +23,7 @@ Measured four ways, with the baseline beside ours:
 
 Run from the repository root (about 5 minutes)::
 
-    python3 bench/bench_timing.py [--size 1000000] [--samples 20000]
+    python3 bench/bench_timing.py [--size 1000000] [--samples 20000] [--v3]
 """
 
 from __future__ import annotations
@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=20_000, help="a class, for noflylist")
     parser.add_argument("--seed", type=int, default=20240602)
+    parser.add_argument("--v3", action="store_true",
+                        help="serve a v3 envelope (the table prebuilt by seal)")  # fmt: skip
     args = parser.parse_args()
     print(harness.machine())
     print(f"command: python3 {' '.join(sys.argv)}")
@@ -190,9 +192,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-timing-"))
     worst: dict[str, float] = {}
 
-    with harness.SealedList(names) as sealed:
+    with harness.SealedList(names, v3=args.v3) as sealed:
         harness.pin_client()
-        server = harness.start_noflylist(sealed, folder, pin=True)
+        server = harness.start_noflylist(sealed, folder, pin=True, v3=args.v3)
         try:
             harness.wait_ready(server, "/readyz")
             timings = over_http(server.port, schedule(pool, args.samples, rng))
