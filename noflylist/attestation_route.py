@@ -88,6 +88,8 @@ class AttestationRoute:
             serial=None if current is None else current.serial,
             version=__version__,
             answer_key=self._answer_key,
+            clients_sha256=None if current is None or current.clients is None
+            else current.clients.sha256,
         )
         try:
             document = self._module.attestation(nonce=nonce, user_data=encode_user_data(served))

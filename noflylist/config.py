@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from enclave.nsm import NSM_DEVICE_PATH
+from noflylist.clients import MAX_BUDGET
 from noflylist.matchkey import DEFAULT_RULE, RULES
 
 #: Where the NSM device appears inside a Nitro Enclave; its presence makes ``nsm`` the default.
@@ -80,6 +81,12 @@ OPTIONS = {
         f"how names are compared: {' or '.join(RULES)} (default {DEFAULT_RULE}; exact is the "
         "public demo's rule: case, spaces and compatibility forms only)",
     ),
+    "max_names_per_minute": Option(
+        "--max-names-per-minute",
+        "NOFLYLIST_MAX_NAMES_PER_MINUTE",
+        "a global budget for an open list (one sealed without clients): names a minute, "
+        "shared by every client (default: none; a sealed client policy sets its own budgets)",
+    ),
     "simulator_state": Option(
         "--simulator-state",
         "NOFLYLIST_SIMULATOR_STATE",
@@ -103,6 +110,8 @@ class ServeConfig:
     #: The match rule (noflylist.matchkey.RULES) the list is keyed under.
     match: str = DEFAULT_RULE
     simulator_state: str | None = None
+    #: The global budget of an open list; ``None``: an open list is unbounded.
+    max_names_per_minute: int | None = None
 
 
 def build_serve_config(
@@ -141,7 +150,12 @@ def build_serve_config(
         workers=_integer(value("workers"), "workers", DEFAULT_WORKERS, MIN_WORKERS, MAX_WORKERS),
         match=match,
         simulator_state=simulator_state,
+        max_names_per_minute=_budget(value("max_names_per_minute")),
     )
+
+
+def _budget(text: str | None) -> int | None:
+    return None if text is None else _integer(text, "max_names_per_minute", 0, 1, MAX_BUDGET)
 
 
 def _attestation(text: str | None) -> AttestationMode:

@@ -16,6 +16,12 @@ Three formats:
   or the key id without failing authentication. ``serial`` only grows: the service refuses
   an envelope older than the one it serves (no rollback to an older list).
 
+  An optional ``clients`` field (v2 and v3) holds the base64 of the client policy
+  (:mod:`noflylist.clients`: who may ask, and how much), in canonical form. It is part of
+  the associated data like every header field, so nobody can add a client or raise a
+  budget without the data key; it is read while parsing and put in service only once the
+  decryption has authenticated it. An envelope without it is served open.
+
 * **v3, a sealed, prebuilt table** (``seal --format v3``): a first line, one JSON header
   line, then the raw AES-256-GCM ciphertext (binary: no base64, no JSON around the bulk)::
 
@@ -67,6 +73,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave import strict_json
 from enclave.errors import NoflylistError
 from noflylist import matchkey
+from noflylist.clients import ClientPolicy, ClientPolicyError, parse_policy
 from noflylist.table import ScreeningError, ScreeningTable
 from noflylist.wire import MAX_SERIAL
 
@@ -109,6 +116,9 @@ _V2_FIELDS = frozenset(
     }
 )
 _V3_FIELDS = (_V2_FIELDS - {"ciphertext"}) | {"stored_keys", "skipped_empty", "rule"}
+#: Fields v2 and v3 may carry: ``clients``, the base64 of the sealed client policy
+#: (:mod:`noflylist.clients`, canonical bytes); without it the list is served open.
+_OPTIONAL_FIELDS = frozenset({"clients"})
 
 
 class EnvelopeError(NoflylistError):
@@ -146,6 +156,9 @@ class Envelope:
     stored_keys: int = 0
     skipped_empty: int = 0
     rule: str | None = None
+    #: v2 and v3: the sealed client policy, or ``None`` (served open). Authenticated only
+    #: once :func:`decrypt` or :func:`decrypt_table` has checked the tag.
+    clients: ClientPolicy | None = None
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -201,11 +214,11 @@ def _parse_v2(value: dict[str, Any]) -> Envelope:
     missing = sorted(_V2_FIELDS - value.keys())
     if missing:
         raise EnvelopeError(f"envelope lacks field(s): {', '.join(missing)}")
-    extra = value.keys() - _V2_FIELDS
+    extra = value.keys() - _V2_FIELDS - _OPTIONAL_FIELDS
     if extra:  # counted, not named: a field name is the writer's text
         raise EnvelopeError(
             f"envelope has {len(extra)} unknown field(s); a v2 envelope has exactly "
-            f"{', '.join(sorted(_V2_FIELDS))}"
+            f"{', '.join(sorted(_V2_FIELDS))} (and optionally clients)"
         )
     common = _common_fields(value)  # checked in the order v2 always checked them
     header = {k: v for k, v in value.items() if k not in ("nonce", "ciphertext")}
@@ -243,7 +256,18 @@ def _common_fields(value: dict[str, Any]) -> dict[str, Any]:
         "entries": entries,
         "encryption_context": MappingProxyType(dict(context)),
         "nonce": nonce,
+        "clients": _clients(value),
     }
+
+
+def _clients(value: Mapping[str, Any]) -> ClientPolicy | None:
+    """The optional sealed client policy: base64 of its canonical bytes."""
+    if "clients" not in value:
+        return None
+    try:
+        return parse_policy(_b64_field(value, "clients"), require_canonical=True)
+    except ClientPolicyError as exc:  # names the part, never a value
+        raise EnvelopeError(f"envelope field 'clients' refused: {exc}") from None
 
 
 def _parse_v3(document: bytes | bytearray) -> Envelope:
@@ -265,11 +289,11 @@ def _parse_v3(document: bytes | bytearray) -> Envelope:
     missing = sorted(_V3_FIELDS - value.keys())
     if missing:
         raise EnvelopeError(f"envelope v3 lacks header field(s): {', '.join(missing)}")
-    extra = value.keys() - _V3_FIELDS
+    extra = value.keys() - _V3_FIELDS - _OPTIONAL_FIELDS
     if extra:
         raise EnvelopeError(
             f"envelope v3 has {len(extra)} unknown header field(s); it has exactly "
-            f"{', '.join(sorted(_V3_FIELDS))}"
+            f"{', '.join(sorted(_V3_FIELDS))} (and optionally clients)"
         )
     for name in ("stored_keys", "skipped_empty"):
         if not is_count(value[name]):

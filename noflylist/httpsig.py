@@ -153,21 +153,25 @@ class ReplayCache:
 
     A nonce is remembered for :data:`REPLAY_WINDOW_SECONDS` after its ``created``, then
     forgotten: by then :func:`verify_request` refuses the request as stale anyway. At most
-    ``per_client`` nonces a client: when a client's memory is full, its next request is
-    refused ("replayed") until old ones expire, so one client cannot grow memory without
-    bound. Only requests whose signature verified reach it, so the number of clients is at
-    most the number of registered keys. Thread-safe: the server calls it from the event-loop
-    thread and from worker threads.
+    ``per_client`` nonces a client (a number, or a function of the client id: the service
+    sizes it from the client's sealed budget, see :mod:`noflylist.routes`): when a client's
+    memory is full, its next request is refused ("replayed") until old ones expire, so one
+    client cannot grow memory without bound. Only requests whose signature verified reach
+    it, so the number of clients is at most the number of registered keys. Thread-safe: the
+    server calls it from the event-loop thread and from worker threads.
     """
 
     def __init__(
         self,
         *,
-        per_client: int = DEFAULT_NONCES_PER_CLIENT,
+        per_client: int | Callable[[str], int] = DEFAULT_NONCES_PER_CLIENT,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if per_client < 1:
-            raise ValueError("ReplayCache per_client must be at least 1 (nonces a client)")
+        if isinstance(per_client, int):
+            if per_client < 1:
+                raise ValueError("ReplayCache per_client must be at least 1 (nonces a client)")
+            fixed = per_client
+            per_client = lambda client_id: fixed  # noqa: E731
         self._per_client = per_client
         self._clock = clock
         self._lock = threading.Lock()
@@ -189,7 +193,7 @@ class ReplayCache:
                     "this signed request was already received (same keyid and nonce): "
                     "sign every request with a fresh random nonce",
                 )
-            if len(nonces) >= self._per_client:
+            if len(nonces) >= max(1, self._per_client(client_id)):
                 raise SignatureRefused(
                     "replayed",
                     "too many signed requests from this client within the replay window; slow down",

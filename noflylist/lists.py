@@ -49,6 +49,7 @@ from pathlib import Path
 
 from enclave.errors import NoflylistError
 from noflylist import envelope, matchkey
+from noflylist.clients import ClientPolicy
 from noflylist.metrics import Metrics
 from noflylist.sources import Source
 from noflylist.table import ScreeningTable
@@ -95,6 +96,9 @@ class ListInService:
     #: The source's version of the envelope in service (ETag, digest): polls ask for changes
     #: relative to it, so an envelope that failed to load is tried again at the next poll.
     source_version: str = ""
+    #: Who may ask, and how much (sealed with the list, authenticated with it); ``None``: the
+    #: list is served open, to anyone who reaches the port.
+    clients: ClientPolicy | None = None
 
     @property
     def entries(self) -> int:
@@ -274,6 +278,18 @@ class ListHolder:
                 loaded.envelope_sha256.hex()[:16],
                 self._description(),
             )
+            if loaded.clients is None:
+                log.warning(
+                    "this list is served OPEN: it was sealed without a client policy, so "
+                    "anyone who reaches the port may ask (asking is reading; seal it with "
+                    "noflylist seal --clients FILE, or bound it with --max-names-per-minute)"
+                )
+            else:
+                log.info(
+                    "who may ask: %d client(s) of the sealed policy %s, signed requests only",
+                    len(loaded.clients.clients),
+                    loaded.clients.sha256.hex()[:16],
+                )
             return True
 
     def note_loop_failure(self, exc: BaseException, loop: str) -> None:
@@ -392,7 +408,9 @@ class ListHolder:
             return None
         parsed = envelope.parse(data)
         _check_not_older(parsed, current)
-        serial, form = parsed.serial, parsed.format
+        # The client policy was parsed with the header, and the header is the decryption's
+        # associated data: it is put in service only below, once decryption has checked the tag.
+        serial, form, clients = parsed.serial, parsed.format, parsed.clients
         if parsed.format == envelope.FORMAT_V3:
             # The sealer keyed the names: the table is decrypted, checked and served.
             table = envelope.decrypt_table(
@@ -415,7 +433,7 @@ class ListHolder:
             table.stored_keys,
             matchkey.rule_identity(table.rule),
         )
-        return ListInService(table, serial, form, digest, time.time(), version)
+        return ListInService(table, serial, form, digest, time.time(), version, clients)
 
 
 #: glibc's ``mallopt`` parameter number for the mmap threshold (``M_MMAP_THRESHOLD``).

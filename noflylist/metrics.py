@@ -1,14 +1,16 @@
 """Prometheus metrics, in the text exposition format, without a client library.
 
-Labels are fixed, small sets chosen by the code (route names, status codes, outcomes):
-never anything taken from a request, so no listed or queried name can reach a metric.
+Labels are fixed, small sets chosen by the code (route names, status codes, outcomes), or
+the client ids of the sealed client policy (the list owner's text, ``[A-Za-z0-9._-]``, at
+most 200 of them): never anything taken from a request, so no listed or queried name can
+reach a metric.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: Request latency buckets, in seconds: the service answers in well under a millisecond,
@@ -38,6 +40,11 @@ class Metrics:
         self._latency: dict[str, _Histogram] = {}
         self._events: dict[tuple[str, str], int] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        #: A metric with labels: name -> (help, type, function returning (labels, value)
+        #: pairs, where labels is the text between the braces, written by the code).
+        self.families: dict[
+            str, tuple[str, str, Callable[[], Sequence[tuple[str, float]]]]
+        ] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration under ``route`` (a fixed name)."""
@@ -99,4 +106,7 @@ class Metrics:
                     lines.append(f'{name}{{outcome="{outcome}"}} {value}')
         for name, (help_text, read) in sorted(self.gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read()}"]
+        for name, (help_text, kind, read_all) in sorted(self.families.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{{{labels}}} {value}" for labels, value in read_all()]
         return "\n".join(lines) + "\n"

@@ -19,6 +19,14 @@ What an auditor should be able to check here:
 * **Nothing here decides.** Both screening routes hand each name, as the client wrote it, to
   :func:`noflylist.decision.decide` and turn its verdict into a status: listed or cleared
   200, refused 400 (with the verdict's reason), unavailable 503.
+* **Who may ask, and how much, is the list's.** When the list in service carries a client
+  policy (:mod:`noflylist.clients`), a screening request must be signed by one of its
+  clients (:mod:`noflylist.httpsig`; else 401 with ``Accept-Signature`` and a one-line
+  reason) and every name it asks is charged to that client's budgets before any is looked
+  up (over budget: 429 with ``Retry-After`` and ``Noflylist-Budget``). The signature is
+  checked before the query or the body is read, so its work does not depend on the name. A
+  list without a policy is served open, and says so in ``/readyz`` and ``/metrics``; a
+  global budget (``--max-names-per-minute``) may still bound it.
 * **The query is parsed strictly** (``application/x-www-form-urlencoded``, where ``+`` is a
   space): a ``%`` not followed by two hex digits, or bytes that are not UTF-8, are refused,
   not replaced as :func:`urllib.parse.parse_qs` would.
@@ -49,6 +57,7 @@ from enclave import http_syntax, strict_json
 from enclave.errors import NoflylistError
 from noflylist.answer_format import NONCE_HEADER, AnswerFormatError, parse_nonce
 from noflylist.answers import AnswerKey, Facts, refused, signed_headers
+from noflylist.clients import BudgetExceeded, Budgets, Client, budget_headers, open_client
 from noflylist.decision import (
     UNAVAILABLE,
     Listed,
@@ -57,6 +66,14 @@ from noflylist.decision import (
     Verdict,
     answer,
     decide,
+)
+from noflylist.httpsig import (
+    ACCEPT_SIGNATURE,
+    DEFAULT_NONCES_PER_CLIENT,
+    REPLAY_WINDOW_SECONDS,
+    ReplayCache,
+    SignatureRefused,
+    verify_request,
 )
 from noflylist.lists import NOT_LOADED_YET, ListHolder, ListInService
 from noflylist.metrics import Metrics
@@ -78,6 +95,9 @@ _MANIFEST_DEPTH = 2
 MAX_QUERY_PARAMS = 32
 #: Longest ``/readyz`` reason, so a long error from a load cannot bloat the answer.
 MAX_REASON_CHARS = 300
+#: Most nonces remembered for one client (about 200 bytes each): a client whose budget
+#: allows more requests in the replay window than this is refused "replayed" until some expire.
+MAX_NONCES_PER_CLIENT = 1_000_000
 #: Sent with 503 so that clients back off instead of hammering a service that is loading.
 RETRY_AFTER_SECONDS = "5"
 
@@ -115,11 +135,13 @@ RouteHandler = Callable[[Mapping[str, list[str]], Mapping[str, str]], RouteRespo
 
 
 class RequestRejected(NoflylistError):
-    """A request this module refuses; ``status`` and a reason that never echoes the input."""
+    """A request this module refuses; ``status`` and a reason that never echoes the input,
+    and the headers the refusal needs (``Accept-Signature``, ``Retry-After``)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
+        self.headers: Mapping[str, str] = headers or {}
 
 
 # -- parsing what the client sent ---------------------------------------------------------
@@ -194,7 +216,8 @@ class Routes:
     The access log goes to ``access_log`` (default ``noflylist.access``) as ``log_format``,
     ``"text"`` or ``"json"``. With an ``answer_key``, a screening request that carries
     ``Noflylist-Nonce`` gets its answer signed (:mod:`noflylist.answers`); without the header
-    the answer is byte for byte what it would be without a key.
+    the answer is byte for byte what it would be without a key. ``max_names_per_minute``
+    is the global budget of an open list (every request shares it); ``None``: unbounded.
     """
 
     def __init__(
@@ -206,6 +229,9 @@ class Routes:
         log_format: str = "text",
         extra_routes: Mapping[str, RouteHandler] | None = None,
         answer_key: AnswerKey | None = None,
+        max_names_per_minute: int | None = None,
+        budgets: Budgets | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         if log_format not in ("text", "json"):
             raise ValueError("log_format must be 'text' or 'json'")
@@ -215,6 +241,12 @@ class Routes:
         self._access_log = access_log or logging.getLogger("noflylist.access")
         self._log_json = log_format == "json"
         self._answer_key = answer_key
+        self._budgets = budgets or Budgets()
+        self._replay = replay or ReplayCache(per_client=self._nonces_for)
+        self._open_budget = (
+            None if max_names_per_minute is None else open_client(max_names_per_minute)
+        )
+        _register_client_metrics(metrics, holder, self._budgets, self._open_budget)
         routes = [
             _Route("index", "/", "GET", self._index, quick=True),
             _Route("healthz", "/healthz", "GET", self._healthz, quick=True),
@@ -234,9 +266,12 @@ class Routes:
         self._index_page = _index_page(extra_routes)
 
     def is_quick(self, request: Request) -> bool:
-        """Only known routes that do fixed work without I/O, and refusals, run on the loop."""
+        """Only known routes that do fixed work without I/O, and refusals, run on the loop.
+        A signed request is not quick: checking an Ed25519 signature takes about 0.1 ms."""
         route = self._routes.get(request.target.partition("?")[0])
-        return route is None or route.quick or request.method != route.method
+        if route is None or request.method != route.method:
+            return True
+        return route.quick and "signature-input" not in request.headers
 
     def handle(self, request: Request) -> bytes:
         path, _, query = request.target.partition("?")
@@ -260,6 +295,7 @@ class Routes:
                 status, content_type, body, headers = route.handler(request, query, facts)
             except RequestRejected as exc:
                 status, content_type, body = exc.status, TEXT, f"{exc}\n".encode()
+                headers = exc.headers
                 if status == 503:
                     headers = {"Retry-After": RETRY_AFTER_SECONDS}
             except Exception as exc:
@@ -343,6 +379,8 @@ class Routes:
                 if current is not None or status.loader_stopped is not None:
                     line += f": {_reason(status.error or '')}"  # else the first line says it
             lines.append(line)
+        if current is not None:
+            lines.append(_who_may_ask(current, self._open_budget))
         if status.loader_stopped is not None:
             first = f"not ready: {_reason(status.loader_stopped)}"
         elif current is not None:
@@ -357,12 +395,14 @@ class Routes:
 
     def _passenger(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         """One name. ``facts``, when the answer is to be signed, gathers what was decided."""
+        current = self._holder.current  # one list for the whole request, even during a swap
+        client = self._client_of(request, current)  # before the query is read
         names = _parse_query(query).get("name", [])
         if len(names) != 1:
             problem = "is missing" if not names else "appears more than once"
             raise RequestRejected(400, f"the query parameter 'name' {problem}")
         name = names[0]
-        current = self._holder.current
+        self._charge(client, 1)
         verdict = decide(current.table if current is not None else None, name)
         if facts is not None:
             facts.question = name.encode("utf-8")
@@ -377,11 +417,13 @@ class Routes:
     def _screen(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         """A manifest. Signed, its statement carries one verdict a name when it is answered
         name by name (200), else one for the request as a whole."""
+        current = self._holder.current  # one list for the whole manifest, even during a swap
         if facts is not None:
             facts.question = request.body
-            _served(facts, self._holder.current)
+            _served(facts, current)
+        client = self._client_of(request, current)  # before the body is read
         names = _parse_manifest(request)
-        current = self._holder.current  # one list for the whole manifest, even during a swap
+        self._charge(client, len(names))  # every name, before any is looked up
         table = current.table if current is not None else None
         verdicts = [decide(table, name, f"names[{index}]") for index, name in enumerate(names)]
         if facts is not None:
@@ -401,6 +443,109 @@ class Routes:
                    for name, verdict in zip(names, verdicts, strict=True)]  # fmt: skip
         body = json.dumps({"results": results, "serial": current.serial}, ensure_ascii=False)
         return RouteResponse(200, JSON, body.encode("utf-8"))
+
+
+    # Who may ask, and how much.
+
+    def _client_of(self, request: Request, current: ListInService | None) -> Client | None:
+        """The client a request is charged to: under a sealed policy, the one whose key
+        signed it (else 401); for an open list, the global budget's, or ``None`` (unbounded).
+        No list in service: ``None``, and :func:`decide` answers 503."""
+        policy = None if current is None else current.clients
+        if policy is None:
+            return self._open_budget if current is not None else None
+        try:
+            verified = verify_request(
+                request.method, request.target, request.headers, request.body,
+                public_keys=policy.public_keys, replay=self._replay,
+            )  # fmt: skip
+        except SignatureRefused as exc:  # its message never quotes a field or the target
+            self._metrics.count("noflylist_signature_refused_total", exc.reason)
+            raise RequestRejected(
+                401, f"signature refused ({exc.reason}): {exc}",
+                {"Accept-Signature": ACCEPT_SIGNATURE},
+            ) from None  # fmt: skip
+        client = policy.client(verified.client_id)
+        if client is None:  # verify_request found its key in this policy: not reached
+            raise RequestRejected(401, "signature refused (unknown-client)")
+        return client
+
+    def _nonces_for(self, client_id: str) -> int:
+        """How many nonces to remember for a client: twice the requests its minute budget
+        lets it have answered in the replay window (one name each), at least the default."""
+        current = self._holder.current
+        policy = None if current is None else current.clients
+        client = None if policy is None else policy.client(client_id)
+        per_minute = 0 if client is None else client.names_per_minute
+        window = 2 * per_minute * REPLAY_WINDOW_SECONDS // 60
+        return min(MAX_NONCES_PER_CLIENT, max(DEFAULT_NONCES_PER_CLIENT, window))
+
+    def _charge(self, client: Client | None, names: int) -> None:
+        """Charge the names to the client's budgets, or refuse the request (429) unlooked-up."""
+        if client is None:
+            return
+        try:
+            self._budgets.charge(client, names)
+        except BudgetExceeded as exc:
+            self._metrics.count("noflylist_budget_refused_total", exc.budget)
+            raise RequestRejected(429, str(exc), budget_headers(exc)) from None
+
+
+def _who_may_ask(current: ListInService, open_budget: Client | None) -> str:
+    """``/readyz``'s line on who may ask: the sealed policy, or that the list is open."""
+    if current.clients is not None:
+        return (
+            f"who may ask: {len(current.clients.clients)} client(s) of the sealed policy "
+            f"{current.clients.sha256.hex()[:16]}, signed requests only"
+        )
+    bound = (
+        "no budget" if open_budget is None
+        else f"a global budget of {open_budget.names_per_minute} names a minute"
+    )  # fmt: skip
+    return f"who may ask: anyone (open list, sealed without clients), {bound}"
+
+
+def _register_client_metrics(
+    metrics: Metrics, holder: ListHolder, budgets: Budgets, open_budget: Client | None
+) -> None:
+    """``noflylist_open_queries`` and, per client id, names answered, refused, budget left."""
+
+    def is_open() -> float:
+        current = holder.current
+        return float(current is not None and current.clients is None)
+
+    def clients() -> tuple[Client, ...]:
+        current = holder.current
+        if current is not None and current.clients is not None:
+            return current.clients.clients
+        return (open_budget,) if open_budget is not None else ()
+
+    def names() -> list[tuple[str, float]]:
+        rows: list[tuple[str, float]] = []
+        for standing in budgets.standings(clients()):
+            rows.append((f'client="{standing.client_id}",outcome="answered"', standing.answered))
+            rows.append((f'client="{standing.client_id}",outcome="refused"', standing.refused))
+        return rows
+
+    def left() -> list[tuple[str, float]]:
+        rows: list[tuple[str, float]] = []
+        for standing in budgets.standings(clients()):
+            rows.append((f'client="{standing.client_id}",budget="names_per_minute"',
+                         standing.minute_left))  # fmt: skip
+            rows.append((f'client="{standing.client_id}",budget="names_per_day"',
+                         standing.day_left))  # fmt: skip
+        return rows
+
+    metrics.gauges["noflylist_open_queries"] = (
+        "1 while the list in service is open (sealed without a client policy): anyone may ask.",
+        is_open,
+    )
+    metrics.families["noflylist_client_names_total"] = (
+        "Names each client asked, charged and answered or refused over budget.", "counter", names
+    )
+    metrics.families["noflylist_client_budget_left"] = (
+        "Names each client may still ask, by budget.", "gauge", left
+    )
 
 
 def _index_page(extra_paths: Iterable[str]) -> bytes:

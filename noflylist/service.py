@@ -106,6 +106,7 @@ class Service:
                 self._module, self.holder, config.attestation, self.answer_key
             ),
             answer_key=self.answer_key,
+            max_names_per_minute=config.max_names_per_minute,
         )
         self.server = Server(
             routes, self.metrics, host=config.host, port=config.port, workers=config.workers

@@ -12,7 +12,7 @@ language) must agree on with the service, in one place:
   out (:func:`encode_user_data`, :func:`decode_user_data`)::
 
     {"envelope_sha256": bytes(32) | null, "serial": int | null, "version": "<noflylist version>",
-     "answer_key": bytes(32)}
+     "answer_key": bytes(32), "clients_sha256": bytes(32) | null}
 
   taken from the list in service at the moment of the request (``null`` while none is
   loaded). The serial says which list is served (a client can refuse an older one), the
@@ -20,6 +20,10 @@ language) must agree on with the service, in one place:
   ``answer_key`` is the raw Ed25519 public key (RFC 8032) of the key the service made at
   start and signs answers with; a map without it (a service before signed answers) still
   decodes, with ``answer_key`` ``None``, and a client that wants signed answers refuses it;
+  ``clients_sha256`` is the SHA-256 of the client policy sealed with the list in service
+  (:mod:`noflylist.clients`: who may ask, and how much), ``null`` when the list is served
+  open (anyone who reaches the port may ask); a map without it (a service before client
+  policies, which served every list open) decodes with ``clients_sha256`` ``None`` too;
 * signed answers (:mod:`noflylist.answer_format`: the statement a signature covers, and the
   ``Noflylist-Nonce``/``Noflylist-Statement``/``Noflylist-Signature`` headers).
 
@@ -72,10 +76,13 @@ MAX_SERIAL = 2**53 - 1
 _DIGEST_BYTES = 32
 #: The version string is short ("0.1.0"); anything much longer is not ours.
 _MAX_VERSION_CHARS = 64
-#: The map holds four entries (nine data items); the cap bounds decoding a hostile ``user_data``.
-_MAX_USER_DATA_ITEMS = 9
+#: The map holds five entries (eleven data items); the cap bounds decoding a hostile
+#: ``user_data``.
+_MAX_USER_DATA_ITEMS = 11
 _USER_DATA_KEYS = ("envelope_sha256", "serial", "version")
 _ANSWER_KEY = "answer_key"
+_CLIENTS = "clients_sha256"
+_OPTIONAL_KEYS = frozenset({_ANSWER_KEY, _CLIENTS})
 #: A raw Ed25519 public key (RFC 8032 section 5.1.5).
 ANSWER_KEY_BYTES = 32
 
@@ -94,6 +101,8 @@ class ServedList:
     #: The raw Ed25519 public key answers are signed with; ``None`` only when decoded from a
     #: service that signs no answers (the service always binds one).
     answer_key: bytes | None = None
+    #: The SHA-256 of the sealed client policy; ``None`` when the list is served open.
+    clients_sha256: bytes | None = None
 
 
 def encode_user_data(served: ServedList) -> bytes:
@@ -107,11 +116,14 @@ def encode_user_data(served: ServedList) -> bytes:
         if len(served.answer_key) != ANSWER_KEY_BYTES:
             raise UserDataError("answer_key is not a 32-byte Ed25519 public key")
         value[_ANSWER_KEY] = served.answer_key
+    if served.clients_sha256 is not None and len(served.clients_sha256) != _DIGEST_BYTES:
+        raise UserDataError("clients_sha256 is not a 32-byte SHA-256 digest")
+    value[_CLIENTS] = served.clients_sha256
     return cbor.encode(value)
 
 
 def decode_user_data(data: bytes) -> ServedList:
-    """Parse ``user_data`` strictly: exactly the three keys, each with its type and size.
+    """Parse ``user_data`` strictly: exactly the keys above, each with its type and size.
 
     ``noflylist check`` reads it from the service it is checking, so this is a boundary: any
     exception no check foresaw becomes an :class:`UserDataError` naming its type.
@@ -131,10 +143,10 @@ def _decode_user_data(data: bytes) -> ServedList:
         value = cbor.decode(data, max_depth=2, max_items=_MAX_USER_DATA_ITEMS)
     except cbor.CBORError as exc:
         raise UserDataError(f"user_data is not CBOR: {exc}") from None
-    if not isinstance(value, dict) or set(value) - {_ANSWER_KEY} != set(_USER_DATA_KEYS):
+    if not isinstance(value, dict) or set(value) - _OPTIONAL_KEYS != set(_USER_DATA_KEYS):
         raise UserDataError(
             "user_data is not a noflylist map with exactly the keys "
-            f"{', '.join(_USER_DATA_KEYS)} (and {_ANSWER_KEY})"
+            f"{', '.join(_USER_DATA_KEYS)} (and {_ANSWER_KEY}, {_CLIENTS})"
         )
     digest, serial, version = (value[key] for key in _USER_DATA_KEYS)
     if digest is not None and (not isinstance(digest, bytes) or len(digest) != _DIGEST_BYTES):
@@ -152,4 +164,7 @@ def _decode_user_data(data: bytes) -> ServedList:
         raise UserDataError("user_data answer_key is not a 32-byte Ed25519 public key")
     if _ANSWER_KEY in value and answer_key is None:
         raise UserDataError("user_data answer_key is null (a service always binds its key)")
-    return ServedList(digest, serial, version, answer_key)
+    clients = value.get(_CLIENTS)
+    if clients is not None and (not isinstance(clients, bytes) or len(clients) != _DIGEST_BYTES):
+        raise UserDataError("user_data clients_sha256 is not 32 bytes or null")
+    return ServedList(digest, serial, version, answer_key, clients)

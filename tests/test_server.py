@@ -337,7 +337,9 @@ def test_nothing_is_screened_before_a_list_is_loaded_then_everything_is() -> Non
         first, *details = ready.text.splitlines()
         assert first == f"ready: list serial {SERIAL}"
         assert re.fullmatch(r"list: \d+ entries, loaded \S+Z \(\d+ s ago\)", details[0])
-        assert re.fullmatch(r"last load: loaded at \S+Z", details[1]) and len(details) == 2
+        assert re.fullmatch(r"last load: loaded at \S+Z", details[1]) and len(details) == 3
+        # Sealed without clients: the list is open, and /readyz says so (issue 6/6).
+        assert details[2] == "who may ask: anyone (open list, sealed without clients), no budget"
 
 
 # -- the batch endpoint --------------------------------------------------------------------

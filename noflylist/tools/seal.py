@@ -28,6 +28,7 @@ from enclave.errors import NoflylistError
 from enclave.kms import DataKey
 from noflylist import matchkey
 from noflylist.cli import Handler, setup_logging
+from noflylist.clients import ClientPolicy, ClientPolicyError, parse_policy
 from noflylist.envelope import (
     DATA_KEY_BYTES,
     DEFAULT_ENCRYPTION_CONTEXT,
@@ -74,8 +75,10 @@ def seal_v2(
     serial: int,
     encryption_context: Mapping[str, str] = DEFAULT_ENCRYPTION_CONTEXT,
     now: datetime | None = None,
+    clients: ClientPolicy | None = None,
 ) -> bytes:
-    """Encrypt ``names`` into a v2 envelope under a fresh KMS data key, then forget the key."""
+    """Encrypt ``names`` into a v2 envelope under a fresh KMS data key, then forget the key.
+    ``clients``: who may ask, and how much (sealed in the header); ``None``: an open list."""
     if not is_count(serial):
         raise EnvelopeError(f"the serial must be an integer in 0..{MAX_COUNT}")
     lines = [_one_line(name) for name in names]
@@ -88,6 +91,7 @@ def seal_v2(
         "entries": len(lines),
         "encryption_context": dict(encryption_context),
         "data_key_ciphertext": _b64(blob),
+        **_clients_field(clients),
     }
     nonce = os.urandom(NONCE_BYTES)
     plaintext = "".join(line + "\n" for line in lines).encode("utf-8")
@@ -106,6 +110,7 @@ def seal_v3(
     rule: str = matchkey.DEFAULT_RULE,
     encryption_context: Mapping[str, str] = DEFAULT_ENCRYPTION_CONTEXT,
     now: datetime | None = None,
+    clients: ClientPolicy | None = None,
 ) -> bytes:
     """Key ``names`` under ``rule``, build their table here and seal it into a v3 envelope
     (:mod:`noflylist.envelope`) under a fresh KMS data key, then forget the key.
@@ -131,6 +136,7 @@ def seal_v3(
         "rule": matchkey.rule_identity(rule),
         "encryption_context": dict(encryption_context),
         "data_key_ciphertext": _b64(blob),
+        **_clients_field(clients),
     }
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(data_key).encrypt(nonce, parts.key + parts.slots, canonical_header(header))
@@ -157,6 +163,11 @@ def _new_data_key(
     if key.plaintext is None or len(key.plaintext) != DATA_KEY_BYTES:
         raise EnvelopeError(f"KMS did not return a {DATA_KEY_BYTES}-byte data key")
     return key.key_id, key.plaintext, key.ciphertext_blob
+def _clients_field(clients: ClientPolicy | None) -> dict[str, str]:
+    """The header's ``clients`` field: the policy's canonical bytes, base64; none when open."""
+    return {} if clients is None else {"clients": _b64(clients.canonical)}
+
+
 def _one_line(name: str) -> str:
     stripped = name.strip()
     if not stripped or "\n" in stripped or "\r" in stripped:
@@ -194,6 +205,14 @@ def _add_seal(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=matchkey.DEFAULT_RULE,
         help=f"v3: the match rule to key under, the service's --match (default "
         f"{matchkey.DEFAULT_RULE})",
+    )
+    seal.add_argument(
+        "--clients",
+        default=None,
+        metavar="FILE",
+        help="v2, v3: the client policy, who may ask and how much (JSON: "
+        '{"clients": [{"id", "public_key", "names_per_minute", "names_per_day"}]}); '
+        "without it the list is served open, to anyone who reaches the port",
     )
     seal.add_argument(
         "--serial",
@@ -254,17 +273,20 @@ def _seal(args: argparse.Namespace) -> int:
     with source:
         text = source.read().decode("utf-8")
     names = [line.strip() for line in text.splitlines() if line.strip()]
+    clients = _read_clients(args.clients, args.format)
     kms = _data_key_source(args.profile)
     if args.format == "fernet":
         document = seal_fernet(names, kms, args.key_id)
         serial = 0
     elif args.format == "v3":
         serial = int(time.time()) if args.serial is None else args.serial
-        document = seal_v3(names, kms, args.key_id, serial=serial, rule=args.match)
+        document = seal_v3(
+            names, kms, args.key_id, serial=serial, rule=args.match, clients=clients
+        )
         log.info("keyed under match rule %s", matchkey.rule_identity(args.match))
     else:
         serial = int(time.time()) if args.serial is None else args.serial
-        document = seal_v2(names, kms, args.key_id, serial=serial)
+        document = seal_v2(names, kms, args.key_id, serial=serial, clients=clients)
     del names, text
     if args.output == "-":
         sys.stdout.buffer.write(document)
@@ -280,6 +302,38 @@ def _seal(args: argparse.Namespace) -> int:
         args.output,
     )
     return 0
+
+
+def _read_clients(path: str | None, form: str) -> ClientPolicy | None:
+    """The owner's client policy file, checked here as the enclave will check it; or a
+    warning that the list will be served open."""
+    if path is None:
+        log.warning(
+            "sealing without --clients: the list will be served OPEN, to anyone who reaches "
+            "the port, without limit; asking is reading (a dictionary of common names reads "
+            "the list out), so name who may ask and how much with --clients FILE"
+        )
+        return None
+    if form == "fernet":
+        raise NoflylistError(
+            "--clients: the public demo's fernet format has no place for a client policy; "
+            "seal --format v2 or v3"
+        )
+    try:
+        policy = parse_policy(Path(path).read_bytes())
+    except OSError as exc:
+        raise NoflylistError(f"--clients: cannot read {path}: {exc.strerror}") from None
+    except ClientPolicyError as exc:
+        raise NoflylistError(f"--clients {path}: {exc}") from None
+    log.info(
+        "client policy %s: %d client(s) may ask: %s",
+        policy.sha256.hex()[:16],
+        len(policy.clients),
+        ", ".join(
+            f"{c.id} ({c.names_per_minute}/min, {c.names_per_day}/day)" for c in policy.clients
+        ),
+    )
+    return policy
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
