@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from enclave.credentials import CredentialProvider  # noqa: E402
 from enclave.kms import KMSClient  # noqa: E402
+from noflylist.clients import ClientPolicy  # noqa: E402
 from noflylist.decision import answer  # noqa: E402
 from noflylist.tools import seal  # noqa: E402
 from noflylist_simulator.ca import load_or_create  # noqa: E402
@@ -51,6 +52,8 @@ class SealedList:
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="noflylist-bench-")))
     #: Also seal a v3 envelope (the prebuilt table, keyed here), as ``envelope_v3``.
     v3: bool = False
+    #: The client policy to seal with the list (issue 6/6); ``None``: an open list.
+    clients: ClientPolicy | None = None
 
     def __enter__(self) -> SealedList:
         ca = load_or_create(self.folder / "ca")
@@ -67,10 +70,12 @@ class SealedList:
         sealer = KMSClient(REGION, CredentialProvider(self._credential_env), endpoint=url,
                            environ={})  # fmt: skip
         self.envelope = self.folder / "envelope.json"
-        self.envelope.write_bytes(seal.seal_v2(self.names, sealer, key_arn, serial=1))
+        self.envelope.write_bytes(seal.seal_v2(self.names, sealer, key_arn, serial=1,
+                                                   clients=self.clients))  # fmt: skip
         self.envelope_v3 = self.folder / "envelope.v3"
         if self.v3:
-            self.envelope_v3.write_bytes(seal.seal_v3(self.names, sealer, key_arn, serial=1))
+            self.envelope_v3.write_bytes(seal.seal_v3(self.names, sealer, key_arn, serial=1,
+                                                         clients=self.clients))  # fmt: skip
         self.names_file = self.folder / "names.txt"
         self.names_file.write_text("".join(name + "\n" for name in self.names))
         self.key_arn, self.kms_url = key_arn, url

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 #: wrk threads: one, so the generator takes at most one of the machine's cores.
@@ -119,21 +120,41 @@ def _read_response(sock: socket.socket, pending: bytes) -> tuple[int, bool, byte
     return status, closes, rest[length:]
 
 
-def run_python(
-    url: str, *, connections: int, seconds: float, keep_alive: bool,
-    headers: dict[str, str] | None = None, body: bytes | None = None,
-) -> Result:  # fmt: skip
-    """One thread a connection, sending requests back to back for ``seconds``."""
+def raw_request(url: str, *, keep_alive: bool, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> bytes:  # fmt: skip
+    """The bytes of one GET of ``url`` (a POST of ``body`` when one is given)."""
     parts = urllib.parse.urlsplit(url)
-    address = (parts.hostname or "127.0.0.1", parts.port or 80)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     header = "" if keep_alive else "Connection: close\r\n"
     header += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     method = "GET" if body is None else "POST"
     if body is not None:
         header += f"Content-Length: {len(body)}\r\n"
-    request = (f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{header}\r\n".encode()
-               + (body or b""))  # fmt: skip
+    return (f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{header}\r\n".encode()
+            + (body or b""))  # fmt: skip
+
+
+def run_python(
+    url: str, *, connections: int, seconds: float, keep_alive: bool,
+    headers: dict[str, str] | None = None, body: bytes | None = None,
+    requests: Iterator[bytes] | None = None,
+) -> Result:  # fmt: skip
+    """One thread a connection, sending requests back to back for ``seconds``.
+
+    ``requests``: distinct raw requests (e.g. each signed with its own nonce), taken in turn
+    by every connection, instead of one request sent again and again; when it runs out the
+    measurement ends early (so make enough: the rate is over the time it lasted)."""
+    parts = urllib.parse.urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    request = raw_request(url, keep_alive=keep_alive, headers=headers, body=body)
+    lock = threading.Lock()
+
+    def next_request() -> bytes | None:
+        if requests is None:
+            return request
+        with lock:
+            return next(requests, None)
+
     deadline = time.monotonic() + seconds
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
@@ -142,13 +163,16 @@ def run_python(
         sock: socket.socket | None = None
         pending = b""
         while time.monotonic() < deadline:
+            this = next_request()
+            if this is None:
+                break
             start = time.perf_counter()
             try:
                 if sock is None:
                     sock = socket.create_connection(address, timeout=PYTHON_CLIENT_TIMEOUT)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     pending = b""
-                sock.sendall(request)
+                sock.sendall(this)
                 status, closes, pending = _read_response(sock, pending)
             except OSError:
                 errors[slot] += 1

@@ -396,6 +396,8 @@ class Routes:
     def _passenger(self, request: Request, query: str, facts: Facts | None) -> RouteResponse:
         """One name. ``facts``, when the answer is to be signed, gathers what was decided."""
         current = self._holder.current  # one list for the whole request, even during a swap
+        if facts is not None:  # a refusal before the look-up (401, 429, 400) names it too
+            _served(facts, current)
         client = self._client_of(request, current)  # before the query is read
         names = _parse_query(query).get("name", [])
         if len(names) != 1:

@@ -1,14 +1,19 @@
 """`noflylist demo`, the README's first command, as a user runs it: a separate process that
-answers the public demo's questions, passes `noflylist check`, survives a restart on the same
-state folder, and stops cleanly on SIGTERM."""
+answers the public demo's questions, passes `noflylist check`, shows a signed request that a
+policy-bound service would accept, survives a restart on the same state folder, and stops
+cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from noflylist.clients import parse_policy
+from noflylist.httpsig import ReplayCache, verify_request
 from tests.support.service_client import ask, wait_ready
 
 pytestmark = pytest.mark.slow  # each test starts the demo, a process that makes keys
@@ -91,6 +98,41 @@ def banner_check_command(banner: list[str]) -> list[str]:
     return shlex.split(line)
 
 
+def banner_signed_command(banner: list[str]) -> list[str]:
+    """The `python3 -c '...'` the banner shows, as argv exactly as a POSIX shell passes it."""
+    text = "".join(banner)
+    start = text.index("python3 -c ")
+    words = shlex.shlex(text[start:], posix=True, punctuation_chars=False)
+    words.whitespace_split = True
+    return [next(words), next(words), next(words)]
+
+
+@contextmanager
+def recorder() -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """A loopback HTTP server that answers 200 and records each request's target and headers."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
 def test_demo_answers_like_the_public_demo_and_passes_check(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with demo(state) as (base, pcr0):
@@ -122,6 +164,33 @@ def test_the_check_command_the_demo_banner_shows_passes_and_warns_its_root_is_un
     assert "WARNING: SIMULATED attestation" in shown.stderr and "--unsafe-root" in shown.stderr
 
 
+def test_the_signed_request_the_banner_shows_is_answered_and_verifies_under_its_client_entry(
+    tmp_path: Path,
+) -> None:
+    state, banner = tmp_path / "state", []
+    with demo(state, banner) as (base, _):
+        python, flag, code = banner_signed_command(banner)
+        assert (python, flag) == ("python3", "-c") and base in code
+        answered = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  timeout=60)  # fmt: skip
+        assert ask(base, "Elmo") == "Elmo is on the no-fly list and CAN NOT BOARD!\n"
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout == "Big Bird is on the no-fly list and CAN NOT BOARD!\n"
+    key = state / "demo-client.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and str(key) in code
+    # What the owner would seal: the client's entry, which the policy parser takes as it is.
+    entry = json.loads((state / "demo-client.public.json").read_text())
+    policy = parse_policy(json.dumps({"clients": [entry]}).encode())
+    with recorder() as (url, seen):
+        sent = subprocess.run([sys.executable, "-c", code.replace(base, url)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    ((target, headers),) = seen
+    verified = verify_request("GET", target, headers, b"", public_keys=policy.public_keys,
+                              replay=ReplayCache())  # fmt: skip
+    assert verified.client_id == entry["id"] == "demo-client"
+
+
 def test_the_demo_shows_a_verified_signed_check_line_once_its_list_is_loaded(
     tmp_path: Path,
 ) -> None:
@@ -139,6 +208,8 @@ def test_demo_restarts_on_its_state_with_the_same_key(tmp_path: Path) -> None:
     with demo(state) as (base, _):
         assert "CAN NOT BOARD" in ask(base, "elmo")
     key = (state / "demo-key.json").read_text()
+    client_key = (state / "demo-client.key").read_bytes()
     with demo(state) as (base, _):
         assert "CAN NOT BOARD" in ask(base, "Elmo")
     assert (state / "demo-key.json").read_text() == key
+    assert (state / "demo-client.key").read_bytes() == client_key

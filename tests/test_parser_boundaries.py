@@ -59,7 +59,7 @@ def _user_data_refusal(data: object) -> str:
                       "version": "1"}), "nesting deeper"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": MARKER * 10}), "version"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1", MARKER: 1,
-                      MARKER + "2": 2}), "more data items"),
+                      MARKER + "2": 2, MARKER + "3": 3}), "more data items"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, "version": "1", MARKER: 1}),
          "exactly the keys"),
         (cbor2.dumps({"envelope_sha256": None, "serial": 1, MARKER: 1}), "exactly the keys"),

@@ -282,15 +282,19 @@ def test_route_user_data_names_no_list_before_load_and_the_envelope_after(simula
         assert data is not None
         return cbor2.loads(data)
 
-    assert user_data() == {"envelope_sha256": None, "serial": None, "version": __version__}
+    # clients_sha256 is null: the list is served open (sealed without a client policy).
+    assert user_data() == {"envelope_sha256": None, "serial": None, "version": __version__,
+                           "clients_sha256": None}  # fmt: skip
     list_holder.reload(only_if_changed=False)
     expected = {
         "envelope_sha256": hashlib.sha256(path.read_bytes()).digest(),
         "serial": 7,
         "version": __version__,
+        "clients_sha256": None,
     }
     assert user_data() == expected
-    assert list(cbor2.loads(cbor2.dumps(expected))) == ["envelope_sha256", "serial", "version"]
+    assert list(cbor2.loads(cbor2.dumps(expected))) == [
+        "envelope_sha256", "serial", "version", "clients_sha256"]  # fmt: skip
 
 
 @pytest.mark.parametrize(

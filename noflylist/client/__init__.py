@@ -8,10 +8,13 @@ into the image (``.dockerignore``; the Dockerfile refuses a build that holds it)
 
 :class:`Client` (:mod:`noflylist.client.client`) is the library for integrators: it attests
 the service once per replica and accepts only answers the attested enclave signed for the
-question asked (``docs/answers.md``).
+question asked (``docs/answers.md``); given a client key (:func:`load_client_key`, made
+by ``noflylist client-key new``), it signs each screening request (``docs/deploy.md``,
+"Who may ask"), and a refusal of who asks or how much raises :class:`AccessRefused`.
 """
 
 from noflylist.client.client import (
+    AccessRefused,
     AnswerNotVerified,
     AttestationFailed,
     Cleared,
@@ -22,9 +25,11 @@ from noflylist.client.client import (
     ServiceUnavailable,
     Unavailable,
     Verdict,
+    load_client_key,
 )
 
 __all__ = [
+    "AccessRefused",
     "AnswerNotVerified",
     "AttestationFailed",
     "Cleared",
@@ -35,4 +40,5 @@ __all__ = [
     "ServiceUnavailable",
     "Unavailable",
     "Verdict",
+    "load_client_key",
 ]

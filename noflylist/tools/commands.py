@@ -21,6 +21,10 @@ COMMANDS = {
     "verify": ("noflylist.tools.trust", "verify an attestation document and print its fields"),
     "check": ("noflylist.tools.trust", "verify the service's enclave, then screen one name"),
     "policy": ("noflylist.tools.trust", "print a least-privilege KMS key policy for the key"),
+    "client-key": (
+        "noflylist.tools.client_key",
+        "make a client's key pair for a list sealed with a client policy (client-key new)",
+    ),
     "measure": (
         "noflylist.tools.eif_commands",
         "print the PCRs of an EIF or of an Enclaver release image (as nitro-cli describe-eif)",

@@ -10,6 +10,11 @@ What runs, all in this process:
 * the **operator** seals the public demo's Sesame Street list under that key;
 * the **service** serves it on ``127.0.0.1:8001`` in ``simulated`` mode.
 
+The list is sealed without a client policy, so it is served **open**: the public demo's
+``curl`` lines work unsigned. The banner also shows a request signed by a throwaway demo
+client (RFC 9421, :mod:`noflylist.httpsig`), as a client of a list sealed with ``--clients``
+sends it; its key sits in the state folder, and on this open list nothing checks it.
+
 None of this protects anything: the simulator's keys sit in a folder on this machine. It
 shows the flow, the policy and the answers; it says so in a banner.
 """
@@ -17,15 +22,25 @@ shows the flow, the policy and the answers; it says so in a banner.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from enclave.errors import NoflylistError
 from enclave.kms import KMSClient
@@ -68,6 +83,12 @@ ACCOUNT = "111122223333"
 ADMIN_ROLE = f"arn:aws:iam::{ACCOUNT}:role/noflylist-admin"
 OPERATOR_ROLE = f"arn:aws:iam::{ACCOUNT}:role/noflylist-operator"
 ENCLAVE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/noflylist-enclave"
+#: The banner's signing client: its id (the signature's keyid) and, in its policy entry, the
+#: example budgets an owner might give it (the demo list is open, so none applies).
+DEMO_CLIENT = "demo-client"
+_DEMO_CLIENT_BUDGETS = {"names_per_minute": 600, "names_per_day": 100_000}
+#: What the banner's signed request asks.
+_SIGNED_TARGET = "/enclave/passenger?name=Big%20Bird"
 
 
 def default_state_folder() -> Path:
@@ -129,7 +150,7 @@ def run_demo(*, port: int, state: Path, host: str = "127.0.0.1") -> int:
     )
     service = Service(config, environ=environ, simulated_module=nsm)
     service.install_signal_handlers()
-    _banner(service.address, pcr0, state)
+    _banner(service.address, pcr0, state, _demo_client_key(state))
     threading.Thread(
         target=_show_verified, args=(service.address, pcr0, state), daemon=True
     ).start()
@@ -175,7 +196,50 @@ def _demo_key(local_kms: LocalKMS, state: Path, pcr0: bytes) -> str:
     return key_arn
 
 
-def _banner(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
+def _demo_client_key(state: Path) -> Path:
+    """The demo client's Ed25519 key (made once, PEM PKCS#8, mode 0600) and, beside it, its
+    entry for a client policy (what a client hands the list's owner): ``DEMO_CLIENT.key`` and
+    ``DEMO_CLIENT.public.json``, the files ``noflylist client-key new`` writes."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / f"{DEMO_CLIENT}.key"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = load_pem_private_key(path.read_bytes(), None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise NoflylistError(
+                f"{path} is not an Ed25519 private key: delete it and the demo makes a new one"
+            ) from None
+    else:
+        key = Ed25519PrivateKey.generate()
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    entry = {"id": DEMO_CLIENT, "public_key": base64.b64encode(raw).decode("ascii"),
+             **_DEMO_CLIENT_BUDGETS}  # fmt: skip
+    (state / f"{DEMO_CLIENT}.public.json").write_text(json.dumps(entry, indent=2) + "\n")
+    return path
+
+
+def _signed_request_lines(base: str, key_path: Path) -> list[str]:
+    """A shell command that sends ``_SIGNED_TARGET`` signed by the demo client, a line each
+    statement (Python joins a line ending in a backslash to the next)."""
+    code = " \\\n".join(
+        [
+            "import urllib.request as u; from noflylist.httpsig import sign_request;",
+            "from cryptography.hazmat.primitives.serialization import load_pem_private_key as pem;",
+            f'key = pem(open({json.dumps(str(key_path))}, "rb").read(), None); '
+            f"t = {json.dumps(_SIGNED_TARGET)};",
+            f'h = sign_request("GET", t, b"", key_id={json.dumps(DEMO_CLIENT)}, private_key=key);',
+            f"print(u.urlopen(u.Request({json.dumps(base)} + t, headers=h)).read().decode(), "
+            'end="")',
+        ]
+    )
+    first, *rest = f"python3 -c {shlex.quote(code)}".split("\n")
+    return [f"    {first}", *(f"        {line}" for line in rest)]
+
+
+def _banner(address: tuple[str, int], pcr0: bytes, state: Path, client_key: Path) -> None:
     host, port = address
     base = f"http://{host}:{port}"
     lines = [
@@ -194,6 +258,10 @@ def _banner(address: tuple[str, int], pcr0: bytes, state: Path) -> None:
         f"    curl '{base}/metrics'",
         f"    noflylist check {base} 'Big Bird' --expect-pcr 0={pcr0.hex()} \\",
         f"        --unsafe-root {state / 'ca' / 'root.pem'}",
+        "",
+        "  Signed, as a list sealed with --clients requires (this one is OPEN: sealed without",
+        "  clients, it neither requires nor checks the signature), by a demo client:",
+        *_signed_request_lines(base, client_key),
         "",
         "  Ctrl-C stops it.",
         "=" * 78,

@@ -57,8 +57,6 @@ def add_commands(
 # -- the envelope --------------------------------------------------------------------------
 
 
-
-
 class DataKeySource(Protocol):
     """What makes a data key: :class:`enclave.kms.KMSClient` (or botocore, operator-side)."""
 
@@ -156,6 +154,7 @@ def seal_fernet(names: Iterable[str], kms: DataKeySource, key_id: str) -> bytes:
     document = {"data-key-ciphertext-base64": _b64(blob), "aes-ciphertext-base64": token.decode()}
     return json.dumps(document).encode() + b"\n"
 
+
 def _new_data_key(
     kms: DataKeySource, key_id: str, context: Mapping[str, str] | None
 ) -> tuple[str, bytes, bytes]:
@@ -163,6 +162,8 @@ def _new_data_key(
     if key.plaintext is None or len(key.plaintext) != DATA_KEY_BYTES:
         raise EnvelopeError(f"KMS did not return a {DATA_KEY_BYTES}-byte data key")
     return key.key_id, key.plaintext, key.ciphertext_blob
+
+
 def _clients_field(clients: ClientPolicy | None) -> dict[str, str]:
     """The header's ``clients`` field: the policy's canonical bytes, base64; none when open."""
     return {} if clients is None else {"clients": _b64(clients.canonical)}
@@ -173,6 +174,8 @@ def _one_line(name: str) -> str:
     if not stripped or "\n" in stripped or "\r" in stripped:
         raise EnvelopeError("every listed name must be one non-empty line")
     return stripped
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -280,9 +283,7 @@ def _seal(args: argparse.Namespace) -> int:
         serial = 0
     elif args.format == "v3":
         serial = int(time.time()) if args.serial is None else args.serial
-        document = seal_v3(
-            names, kms, args.key_id, serial=serial, rule=args.match, clients=clients
-        )
+        document = seal_v3(names, kms, args.key_id, serial=serial, rule=args.match, clients=clients)
         log.info("keyed under match rule %s", matchkey.rule_identity(args.match))
     else:
         serial = int(time.time()) if args.serial is None else args.serial

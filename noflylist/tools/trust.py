@@ -7,7 +7,8 @@
   for a document bound to a fresh random nonce, verifies it (AWS root, nonce, expected PCRs),
   and only then asks about the passenger, with a nonce of its own, and prints the answer only
   if the enclave signed it (:class:`noflylist.client.client.Client`). If verification fails,
-  no name is ever sent;
+  no name is ever sent. With ``--client-id ID --client-key FILE`` the query is signed as that
+  client (a list sealed with a client policy answers nothing else);
 * ``noflylist policy``: print the KMS key policy (:mod:`noflylist.tools.policy`) that lets only the
   measured enclave image decrypt the list; with ``--frozen``, one that nobody can change.
 
@@ -43,7 +44,7 @@ from enclave.errors import NoflylistError
 from enclave.modes import AttestationMode
 from noflylist.cli import Handler
 from noflylist.client.attestation import AttestationDocument, AttestationError, verify
-from noflylist.client.client import Client, ClientError
+from noflylist.client.client import Client, ClientError, load_client_key
 from noflylist.tools import policy as key_policy
 from noflylist.wire import CBOR_TYPE, MODE_HEADER, ServedList, UserDataError, decode_user_data
 
@@ -263,6 +264,18 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="refuse a service whose list serial is below N (a replica on an older list)",
     )
+    parser.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="sign the query as this client, the id the list's owner registered (with "
+        "--client-key; needed when the list is sealed with a client policy)",
+    )
+    parser.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="the client's Ed25519 private key, PEM PKCS8 with mode 0600, as "
+        "`noflylist client-key new` writes it (with --client-id)",
+    )
     # One of --expect-pcr and --expect-eif is required: a usage error (exit 2) without either.
     parser.set_defaults(usage_error=parser.error)
 
@@ -270,10 +283,18 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _check(args: argparse.Namespace) -> int:
     if not args.expect_pcr and args.expect_eif is None:
         args.usage_error("one of --expect-pcr N=HEX and --expect-eif FILE is required")
+    if (args.client_id is None) != (args.client_key is None):
+        args.usage_error("--client-id and --client-key go together: give both or neither")
     args.expect_pcr = _with_eif_pcrs(args.expect_pcr, args.expect_eif)
     base = _service_url(args.url)
     expected = _expected_pcrs(args.expect_pcr)
     root = _load_root(args.unsafe_root)
+    client_key = None
+    if args.client_key is not None:
+        try:
+            client_key = load_client_key(args.client_key)
+        except ClientError as exc:
+            raise TrustError(f"--client-key: {exc}") from None
     nonce = secrets.token_bytes(CHECK_NONCE_BYTES)
     response = _get(
         f"{base}/enclave/attestation?nonce={nonce.hex()}",
@@ -308,7 +329,7 @@ def _check(args: argparse.Namespace) -> int:
         )
     client = Client(
         base, expected, unsafe_root=root, unsafe_allow_debug=args.unsafe_allow_debug,
-        min_serial=args.min_serial,
+        min_serial=args.min_serial, client_id=args.client_id, client_key=client_key,
     )  # fmt: skip
     try:
         client.accept_attestation(

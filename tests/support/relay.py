@@ -14,6 +14,20 @@ can, by ``mode``:
 * ``other-service``: send attestation requests to the first service and screening requests
   to the second (its own key);
 * round robin: with several services and ``honest``, each request goes to the next one.
+
+Modes that tamper with the client's request instead (the client signed it: RFC 9421, so the
+service should refuse each as the signature or digest check it defeats):
+
+* ``other-name`` (above) rewrites the query of a signed ``GET`` too;
+* ``request-body``: send ``other_body`` in place of a ``POST``'s body, every header as the
+  client sent it (its ``Content-Digest`` now names other bytes);
+* ``request-body-redigest``: the same, with a ``Content-Digest`` of ``other_body`` put in
+  place of the client's (the signature covers ``content-digest``);
+* ``request-replay``: keep the first signed screening request (method, target, headers,
+  body) in ``captured`` and send that copy in place of every later screening request.
+
+These three touch only the screening routes' requests (attestation, ``/metrics`` and
+``/readyz`` pass unchanged).
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, urlsplit
 
 from noflylist.answer_format import NONCE_HEADER, SIGNATURE_HEADER, STATEMENT_HEADER
-from noflylist.wire import ATTESTATION_PATH
+from noflylist.httpsig import content_digest
+from noflylist.wire import ATTESTATION_PATH, PASSENGER_PATH, SCREEN_PATH
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date",
                "server"}  # fmt: skip
@@ -33,12 +48,16 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 
 class Relay:
     def __init__(self, upstreams: list[tuple[str, int]], mode: str = "honest", *,
-                 position: int = 0, other_name: str = "Elmo") -> None:  # fmt: skip
+                 position: int = 0, other_name: str = "Elmo",
+                 other_body: bytes = b'{"names": ["Elmo"]}') -> None:  # fmt: skip
         self.upstreams = upstreams
         self.mode = mode
         self.position = position
         self.other_name = other_name
+        self.other_body = other_body
         self.recorded: tuple[int, list[tuple[str, str]], bytes] | None = None
+        #: ``request-replay``: the first signed screening request seen.
+        self.captured: tuple[str, str, dict[str, str], bytes] | None = None
         self._turn = 0
         self._lock = threading.Lock()
         relay = self
@@ -79,9 +98,22 @@ class Relay:
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
         target = handler.path
         screening = not urlsplit(target).path.startswith(ATTESTATION_PATH)
+        method = handler.command
+        asks = urlsplit(target).path in (PASSENGER_PATH, SCREEN_PATH)  # the request modes' routes
         if screening and self.mode == "other-name" and "name=" in target:
             target = target.split("?")[0] + "?name=" + quote(self.other_name, safe="")
-        status, answer_headers, answer = _forward(self._upstream(target), handler.command,
+        if asks and method == "POST" and self.mode.startswith("request-body"):
+            body = self.other_body
+            if self.mode == "request-body-redigest":
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-digest"}
+                headers["Content-Digest"] = content_digest(body)
+        if asks and self.mode == "request-replay":
+            with self._lock:
+                if self.captured is None and any(k.lower() == "signature-input" for k in headers):
+                    self.captured = (method, target, dict(headers), body)
+                elif self.captured is not None:
+                    method, target, headers, body = self.captured
+        status, answer_headers, answer = _forward(self._upstream(target), method,
                                                   target, headers, body)  # fmt: skip
         signed = any(k.lower() == STATEMENT_HEADER.lower() for k, _ in answer_headers)
         if screening and signed:
