@@ -23,14 +23,19 @@ Measured four ways, with the baseline beside ours:
 
 Run from the repository root (about 5 minutes)::
 
-    python3 bench/bench_timing.py [--size 1000000] [--samples 20000] [--v3]
+    python3 bench/bench_timing.py [--size 1000000] [--samples 20000] [--v3] [--signed]
+
+``--signed`` seals the list with a one-client policy and signs every request over HTTP
+(issue 6/6: the signature is checked before the name is read, the same work for every name).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import itertools
+import json
 import random
 import statistics
 import sys
@@ -43,8 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 from bench_screening import one_letter_off, synthetic_names
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from noflylist.clients import MAX_BUDGET, ClientPolicy, parse_policy
 from noflylist.decision import LISTED, answer, decide
+from noflylist.httpsig import sign_request
 from noflylist.table import ScreeningTable
 
 CLASSES = ("listed", "unlisted", "near")
@@ -77,9 +86,10 @@ def schedule(pool: dict[str, list[str]], per_class: int,
     return [("warm-up", rng.choice(pool["unlisted"])) for _ in range(WARMUP)] + order
 
 
-def over_http(port: int, order: list[tuple[str, str]]) -> dict[str, list[float]]:
-    """Seconds per request, by class, in the order given."""
-    timings = harness.timed_requests([(kind, port, name) for kind, name in order])
+def over_http(port: int, order: list[tuple[str, str]],
+              sign: Callable[[str], dict[str, str]] | None = None) -> dict[str, list[float]]:
+    """Seconds per request, by class, in the order given (each signed, with ``sign``)."""
+    timings = harness.timed_requests([(kind, port, name) for kind, name in order], sign)
     return {str(kind): samples for kind, samples in timings.items()}
 
 
@@ -174,11 +184,28 @@ def baseline_in_process(names: list[str], pool: dict[str, list[str]], rng: rando
         "the demo's `name in list` in process", timings, "ns", 1.0)}  # fmt: skip
 
 
+def _signing_client() -> tuple[ClientPolicy, Callable[[str], dict[str, str]]]:
+    """A client policy of one client whose budgets the run cannot spend, and its signer."""
+    key = Ed25519PrivateKey.generate()
+    public = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    policy = parse_policy(json.dumps({"clients": [{
+        "id": "timing", "public_key": public.decode(), "names_per_minute": MAX_BUDGET,
+        "names_per_day": MAX_BUDGET}]}).encode())  # fmt: skip
+
+    def sign(target: str) -> dict[str, str]:
+        return sign_request("GET", target, b"", key_id="timing", private_key=key)
+
+    return policy, sign
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=20_000, help="a class, for noflylist")
     parser.add_argument("--seed", type=int, default=20240602)
+    parser.add_argument("--signed", action="store_true",
+                        help="seal the list with a client policy and sign every request "
+                        "(RFC 9421): the signature is checked before the name is read")
     parser.add_argument("--v3", action="store_true",
                         help="serve a v3 envelope (the table prebuilt by seal)")  # fmt: skip
     args = parser.parse_args()
@@ -192,12 +219,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-timing-"))
     worst: dict[str, float] = {}
 
-    with harness.SealedList(names, v3=args.v3) as sealed:
+    policy, sign = _signing_client() if args.signed else (None, None)
+    with harness.SealedList(names, v3=args.v3, clients=policy) as sealed:
         harness.pin_client()
         server = harness.start_noflylist(sealed, folder, pin=True, v3=args.v3)
         try:
             harness.wait_ready(server, "/readyz")
-            timings = over_http(server.port, schedule(pool, args.samples, rng))
+            timings = over_http(server.port, schedule(pool, args.samples, rng), sign)
         finally:
             server.stop()
         worst["noflylist, HTTP"] = show(

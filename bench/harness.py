@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,10 +264,13 @@ def check_answers(server: Running, listed: str, unlisted: str) -> None:
             raise SystemExit(f"{server.name} answered {status} {body[:80]!r} for a {kind} name")
 
 
-def timed_requests(order: Sequence[tuple[Hashable, int, str]]) -> dict[Hashable, list[float]]:
+def timed_requests(order: Sequence[tuple[Hashable, int, str]],
+                   sign: Callable[[str], Mapping[str, str]] | None = None,
+                   ) -> dict[Hashable, list[float]]:  # fmt: skip
     """For each ``(label, port, name)`` in order, GET ``/enclave/passenger?name=NAME`` from
     that port; seconds each, by label. One keep-alive connection a port (a new one whenever
-    the server closes), so requests to several servers can be interleaved.
+    the server closes), so requests to several servers can be interleaved. ``sign``, given the
+    target, returns headers to add (a client's request signature, made before the clock starts).
 
     Timed from the first byte sent to the last byte of the answer read, with Nagle off.
     """
@@ -280,7 +283,9 @@ def timed_requests(order: Sequence[tuple[Hashable, int, str]]) -> dict[Hashable,
     pending: dict[int, bytes] = {}
     try:
         for label, port, name in order:
-            request = f"GET /enclave/passenger?name={quote(name)} HTTP/1.1\r\nHost: b\r\n\r\n"
+            target = f"/enclave/passenger?name={quote(name)}"
+            extra = "".join(f"{k}: {v}\r\n" for k, v in (sign(target) if sign else {}).items())
+            request = f"GET {target} HTTP/1.1\r\nHost: b\r\n{extra}\r\n"
             start = time.perf_counter()
             sock = sockets.get(port)
             if sock is None:  # Flask's development server closes after every answer

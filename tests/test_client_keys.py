@@ -496,6 +496,8 @@ def test_check_signs_its_query_with_client_key_and_client_id(setup):
     status, out, err = _check(setup, "--client-id", CLIENT_ID, "--client-key", key)
     assert status == 0, err
     assert "answer: Big Bird is on the no-fly list and CAN NOT BOARD!" in out
+    # user_data names the sealed policy: the client sees which one it is under.
+    assert f"  who may ask: the clients of the sealed policy {setup.policy.sha256.hex()}" in out
     status, out, err = _check(setup)
     assert status == 1 and "answer:" not in out
     assert "(401)" in err and "signature refused (missing)" in err and "no answer is printed" in err

@@ -225,6 +225,7 @@ def test_verify_shows_a_simulated_documents_user_data_map_with_the_simulator_roo
         "envelope_sha256": hashlib.sha256(holder[1].read_bytes()).hexdigest(),
         "serial": 7,
         "version": __version__,
+        "clients_sha256": None,  # sealed without a client policy: an open list
     }
     # Without --unsafe-root the AWS root is used, and the simulator's chain does not lead to it.
     status, _, err = run(argv[:2], capsys)
@@ -489,6 +490,7 @@ def test_check_verifies_then_prints_the_answer_with_what_was_verified(
     assert f"  PCR0 {PCR0.hex()}\n" in out and "  PCR0 matches --expect-pcr\n" in out
     digest = hashlib.sha256(holder[1].read_bytes()).hexdigest()
     assert f"list serial 7, envelope sha256 {digest}, noflylist {__version__}" in out
+    assert "  who may ask: anyone: the list is served open" in out
     assert "enclave verified: module i-simulated-enc" in out
     assert "WARNING: SIMULATED attestation" in err
     assert service.answered(PATH) == 1 and service.answered("passenger") == 1

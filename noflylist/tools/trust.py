@@ -212,10 +212,21 @@ def _fields(document: AttestationDocument, root: x509.Certificate | None) -> dic
             "envelope_sha256": _hex(served.envelope_sha256),
             "serial": served.serial,
             "version": served.version,
+            "clients_sha256": _hex(served.clients_sha256),
         }
     elif document.user_data is not None:
         fields["user_data"] = {"hex": document.user_data.hex()}
     return fields
+
+
+def _who_may_ask(served: ServedList) -> str:
+    """``user_data``'s client policy, for a person: its digest, or that the list is open."""
+    if served.clients_sha256 is None:
+        return (
+            "anyone: the list is served open (no client policy sealed with it; or a service "
+            "from before client policies)"
+        )
+    return f"the clients of the sealed policy {served.clients_sha256.hex()}"
 
 
 def _served(user_data: bytes | None) -> ServedList | None:
@@ -351,6 +362,7 @@ def _check(args: argparse.Namespace) -> int:
     for index in sorted(expected):
         print(f"  PCR{index} matches --expect-pcr")
     print(f"  list serial {serial}, envelope sha256 {digest}, noflylist {served.version}")
+    print(f"  who may ask: {_who_may_ask(served)}")
     print(
         f"answer signed by the enclave's answer key {statement.key_id}: signature, nonce, "
         f"name and body verified; list serial {_text(statement.serial)}"
