@@ -4,7 +4,8 @@ Asking is reading: a client that may screen names without limit reads the list o
 dictionary. So the list's owner names, when sealing, the clients that may ask and how much
 each may ask, and the policy travels inside the envelope (header field ``clients``,
 authenticated with the list): neither the host nor whoever can write the bucket can add a
-client or raise a budget. The owner's file, which ``noflylist seal --clients FILE`` reads::
+client or raise a budget (they can only offer an older envelope, which ``--require-clients``
+refuses when it was sealed open). The owner's file, which ``noflylist seal --clients FILE`` reads::
 
     {"clients": [{"id": "acme-checkin", "public_key": "<base64 of the raw 32-byte Ed25519 key>",
                   "names_per_minute": 600, "names_per_day": 100000}]}
@@ -64,8 +65,9 @@ MAX_BUDGET = 1_000_000_000
 CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: An Ed25519 public key (RFC 8032 section 5.1.5).
 PUBLIC_KEY_BYTES = 32
-#: The rolling day: 144 slots of ten minutes. A slot's names leave the day ten minutes at
-#: most after the day they were charged in ended, so the daily bound is exact to a slot.
+#: The rolling day: 144 slots of ten minutes. Names charged in a slot count until 24 hours
+#: after the slot's end, so 24 h to 24 h 10 min after they were charged: no 24 hours ever
+#: hold more than the budget, and a day's names come back at most ten minutes late.
 DAY_SLOTS = 144
 SLOT_SECONDS = 600
 DAY_SECONDS = DAY_SLOTS * SLOT_SECONDS
@@ -232,7 +234,8 @@ class _Account:
 
     tokens: float
     refilled_at: float
-    #: slot number (time // SLOT_SECONDS) -> names charged in it, the last DAY_SLOTS only.
+    #: slot number (time // SLOT_SECONDS) -> names charged in it: this slot and the
+    #: DAY_SLOTS before it, the ones whose names still count.
     slots: dict[int, int] = field(default_factory=dict)
     answered: int = 0
     refused: int = 0
@@ -267,12 +270,19 @@ class Budgets:
         with self._lock:
             now = self._clock()
             account = self._account(client, now)
-            try:
-                self._check_minute(client, account, names)
-                self._check_day(client, account, names, now)
-            except BudgetExceeded:
+            refusals = [
+                refusal
+                for refusal in (
+                    self._check_minute(client, account, names),
+                    self._check_day(client, account, names, now),
+                )
+                if refusal is not None
+            ]
+            if refusals:
                 account.refused += names
-                raise
+                # The one to wait for: a budget the request never fits, else the longer wait.
+                raise max(refusals, key=lambda r: math.inf if r.retry_after is None
+                          else r.retry_after)  # fmt: skip
             account.tokens -= names
             slot = int(now // SLOT_SECONDS)
             account.slots[slot] = account.slots.get(slot, 0) + names
@@ -306,35 +316,39 @@ class Budgets:
         elapsed = max(0.0, now - account.refilled_at)
         account.tokens = min(float(client.names_per_minute), account.tokens + elapsed * rate)
         account.refilled_at = now
-        oldest = int(now // SLOT_SECONDS) - DAY_SLOTS + 1
+        oldest = int(now // SLOT_SECONDS) - DAY_SLOTS
         for slot in [slot for slot in account.slots if slot < oldest]:
             del account.slots[slot]
         return account
 
     @staticmethod
-    def _check_minute(client: Client, account: _Account, names: int) -> None:
+    def _check_minute(client: Client, account: _Account, names: int) -> BudgetExceeded | None:
+        """The minute's refusal of this request, or ``None`` if it fits."""
         limit = client.names_per_minute
         if names > limit:
-            raise BudgetExceeded(
+            return BudgetExceeded(
                 "names_per_minute",
                 None,
                 f"over budget: names_per_minute; this request asks for {names} names and the "
                 f"budget is {limit} a minute: split it into requests of at most {limit}",
             )
         if account.tokens >= names:
-            return
+            return None
         wait = math.ceil((names - account.tokens) / (limit / 60.0))
-        raise BudgetExceeded(
+        return BudgetExceeded(
             "names_per_minute",
             max(1, wait),
             f"over budget: names_per_minute ({limit} names a minute); retry after {max(1, wait)} s",
         )
 
     @staticmethod
-    def _check_day(client: Client, account: _Account, names: int, now: float) -> None:
+    def _check_day(
+        client: Client, account: _Account, names: int, now: float
+    ) -> BudgetExceeded | None:
+        """The day's refusal of this request, or ``None`` if it fits."""
         limit = client.names_per_day
         if names > limit:
-            raise BudgetExceeded(
+            return BudgetExceeded(
                 "names_per_day",
                 None,
                 f"over budget: names_per_day; this request asks for {names} names and the "
@@ -342,18 +356,18 @@ class Budgets:
             )
         used = sum(account.slots.values())
         if used + names <= limit:
-            return
+            return None
         # The oldest slots leave the rolling day first: wait until enough of them have.
         freed = 0
         for slot in sorted(account.slots):
             freed += account.slots[slot]
             if used - freed + names <= limit:
-                leaves_at = (slot + DAY_SLOTS) * SLOT_SECONDS
+                leaves_at = (slot + 1 + DAY_SLOTS) * SLOT_SECONDS  # 24 h after the slot ends
                 wait = max(1, math.ceil(leaves_at - now))
                 break
         else:  # unreachable: freeing every slot leaves names <= limit
             wait = DAY_SECONDS
-        raise BudgetExceeded(
+        return BudgetExceeded(
             "names_per_day",
             wait,
             f"over budget: names_per_day ({limit} names in any 24 hours); retry after {wait} s",

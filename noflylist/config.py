@@ -87,6 +87,14 @@ OPTIONS = {
         "a global budget for an open list (one sealed without clients): names a minute, "
         "shared by every client (default: none; a sealed client policy sets its own budgets)",
     ),
+    "require_clients": Option(
+        "--require-clients",
+        "NOFLYLIST_REQUIRE_CLIENTS",
+        "yes: refuse every envelope sealed without a client policy (and the fernet format), "
+        "so that nobody who can write where the envelope is kept, or restart the enclave, "
+        "can have an older open list served; set it in the image to bind it into PCR0 "
+        "(default no)",
+    ),
     "simulator_state": Option(
         "--simulator-state",
         "NOFLYLIST_SIMULATOR_STATE",
@@ -112,6 +120,8 @@ class ServeConfig:
     simulator_state: str | None = None
     #: The global budget of an open list; ``None``: an open list is unbounded.
     max_names_per_minute: int | None = None
+    #: Refuse envelopes without a client policy (a downgrade to an open list).
+    require_clients: bool = False
 
 
 def build_serve_config(
@@ -151,7 +161,16 @@ def build_serve_config(
         match=match,
         simulator_state=simulator_state,
         max_names_per_minute=_budget(value("max_names_per_minute")),
+        require_clients=_yes_no(value("require_clients"), "require_clients"),
     )
+
+
+def _yes_no(text: str | None, name: str) -> bool:
+    if text is None or text.lower() in ("no", "false", "0"):
+        return False
+    if text.lower() in ("yes", "true", "1"):
+        return True
+    raise ConfigError(_named(name, "must be yes or no"))
 
 
 def _budget(text: str | None) -> int | None:

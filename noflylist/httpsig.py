@@ -71,7 +71,8 @@ REASONS = ("missing", "malformed", "unknown-client", "bad-signature", "stale", "
 #: How far ``created`` may be from the service's clock, either way.
 MAX_SKEW_SECONDS = 300
 #: How long a nonce is remembered after its ``created``: a request is stale once the clock
-#: passes ``created + MAX_SKEW_SECONDS``; twice that leaves room for two clocks that differ.
+#: passes ``created + MAX_SKEW_SECONDS``, so that would do for a steady clock; twice that
+#: leaves room for the enclave's own clock being stepped back while a nonce is remembered.
 REPLAY_WINDOW_SECONDS = 2 * MAX_SKEW_SECONDS
 #: Nonces remembered a client: 10,000 in 10 minutes is over 16 signed requests a second.
 DEFAULT_NONCES_PER_CLIENT = 10_000

@@ -75,6 +75,11 @@ class RollbackError(NoflylistError):
     """The envelope is older than the list in service."""
 
 
+class OpenListRefused(RollbackError):
+    """The envelope was sealed without a client policy, and this service requires one
+    (``--require-clients``): a downgrade, refused like a rollback."""
+
+
 class LoadError(NoflylistError):
     """A load failed with an exception no module raised as its own error: a bug, or an
     input a parser did not bound. The message names the type and place, never the text."""
@@ -191,6 +196,7 @@ class ListHolder:
         pinned_key_id: str | None = None,
         opener: Opener | None = None,
         match_rule: str = matchkey.DEFAULT_RULE,
+        require_clients: bool = False,
     ) -> None:
         self._opened: tuple[Source, envelope.DataKeyDecryptor] | None = None
         if source is not None and decryptor is not None and opener is None:
@@ -202,6 +208,7 @@ class ListHolder:
         if match_rule not in matchkey.RULES:
             raise ValueError(f"unknown match rule {match_rule!r}; one of {matchkey.RULES}")
         self._match_rule = match_rule
+        self._require_clients = require_clients
         self._metrics = metrics
         self._load_lock = threading.Lock()
         self._state_lock = threading.Lock()  # short: a status update, never held over I/O
@@ -408,6 +415,12 @@ class ListHolder:
             return None
         parsed = envelope.parse(data)
         _check_not_older(parsed, current)
+        if self._require_clients and parsed.clients is None:
+            raise OpenListRefused(
+                "this envelope was sealed without a client policy (or in the public demo's "
+                "fernet format), and this service requires one (--require-clients): reseal "
+                "it with noflylist seal --clients FILE"
+            )
         # The client policy was parsed with the header, and the header is the decryption's
         # associated data: it is put in service only below, once decryption has checked the tag.
         serial, form, clients = parsed.serial, parsed.format, parsed.clients

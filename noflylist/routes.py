@@ -95,7 +95,7 @@ _MANIFEST_DEPTH = 2
 MAX_QUERY_PARAMS = 32
 #: Longest ``/readyz`` reason, so a long error from a load cannot bloat the answer.
 MAX_REASON_CHARS = 300
-#: Most nonces remembered for one client (about 200 bytes each): a client whose budget
+#: Most nonces remembered for one client (about 300 bytes each): a client whose budget
 #: allows more requests in the replay window than this is refused "replayed" until some expire.
 MAX_NONCES_PER_CLIENT = 1_000_000
 #: Sent with 503 so that clients back off instead of hammering a service that is loading.

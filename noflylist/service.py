@@ -93,7 +93,7 @@ class Service:
         )
         self.holder = ListHolder(
             None, None, self.metrics, pinned_key_id=config.key_id, opener=self._open,
-            match_rule=config.match,
+            match_rule=config.match, require_clients=config.require_clients,
         )  # fmt: skip
         # Made once per process and never saved: a restart makes a new key, which clients
         # meet in a fresh attestation document. Without an NSM nothing could bind it: unsigned.

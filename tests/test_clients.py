@@ -234,8 +234,8 @@ def test_the_day_is_rolling_names_leave_it_a_day_after_their_slot() -> None:
     with pytest.raises(BudgetExceeded) as refused:
         budgets.charge(acme, 1)
     assert refused.value.budget == "names_per_day"
-    # The first 1000 leave when their slot's day ends: 24 h after the slot began.
-    leaves_at = 100 * SLOT_SECONDS + DAY_SECONDS
+    # The first 1000 leave 24 h after the end of the slot they were charged in.
+    leaves_at = 101 * SLOT_SECONDS + DAY_SECONDS
     assert refused.value.retry_after == leaves_at - clock.now
     headers = budget_headers(refused.value)
     assert headers == {"Noflylist-Budget": "names_per_day",
@@ -304,3 +304,31 @@ def test_charges_from_many_threads_never_exceed_the_budget() -> None:
     assert len(taken) == 500
     [standing] = budgets.standings((acme,))
     assert (standing.answered, standing.refused) == (500, 300)
+
+
+def test_no_24_hours_ever_hold_more_than_the_daily_budget() -> None:
+    # Charged in the last second of a slot: those names still count 24 h later.
+    clock = Clock(now=SLOT_SECONDS - 1)
+    budgets, acme = Budgets(clock=clock), client(per_minute=1000, per_day=100)
+    budgets.charge(acme, 100)
+    for later in (DAY_SECONDS - 1, DAY_SECONDS):
+        clock.now = SLOT_SECONDS - 1 + later
+        with pytest.raises(BudgetExceeded):
+            budgets.charge(acme, 1)
+    clock.now = SLOT_SECONDS + DAY_SECONDS  # 24 h after the slot's end
+    budgets.charge(acme, 100)
+
+
+def test_a_request_refused_by_both_budgets_is_told_the_longer_wait() -> None:
+    clock = Clock()
+    budgets, acme = Budgets(clock=clock), client(per_minute=10, per_day=10)
+    budgets.charge(acme, 10)  # both spent
+    with pytest.raises(BudgetExceeded) as refused:
+        budgets.charge(acme, 1)
+    assert refused.value.budget == "names_per_day"
+    assert refused.value.retry_after is not None and refused.value.retry_after > 60
+    clock.now += 60  # the minute is back, the day is not
+    with pytest.raises(BudgetExceeded) as again:
+        budgets.charge(acme, 1)
+    assert again.value.budget == "names_per_day"
+    assert again.value.retry_after == refused.value.retry_after - 60

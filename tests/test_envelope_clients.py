@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from noflylist import envelope, matchkey
 from noflylist.clients import Client, ClientPolicy, canonical_policy, parse_policy
+from noflylist.config import ConfigError, build_serve_config
 from noflylist.envelope import EnvelopeError
-from noflylist.lists import ListHolder
+from noflylist.lists import ListHolder, OpenListRefused
 from noflylist.metrics import Metrics
 from noflylist.sources import FileSource
 from noflylist.tools import seal
@@ -312,3 +313,53 @@ def test_a_clients_field_that_is_not_a_string_is_refused_at_parse(form: str) -> 
     header["clients"] = 7  # a number, not the base64 of a policy
     with pytest.raises(EnvelopeError, match="clients"):
         envelope.parse(_with_header(document, header))
+
+
+# -- --require-clients: no downgrade to an open list ------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMATS)
+def test_a_service_that_requires_clients_refuses_an_open_envelope_and_keeps_its_list(
+    tmp_path: Path, form: str
+) -> None:
+    # The host restarts the enclave with an older, open envelope in the bucket: refused.
+    kms = FakeDataKeys()
+    path = tmp_path / "envelope"
+    path.write_bytes(_seal(form, kms, serial=5, clients=None))
+    metrics = Metrics()
+    holder = ListHolder(FileSource(str(path)), kms, metrics, require_clients=True)
+    with pytest.raises(OpenListRefused, match="--require-clients"):
+        holder.reload(only_if_changed=False)
+    assert holder.current is None
+    assert metrics.events("noflylist_list_loads_total", "refused") == 1
+    # The same list sealed with a policy is served, and a newer open one cannot replace it.
+    path.write_bytes(_seal(form, kms, serial=6, clients=POLICY))
+    assert holder.reload(only_if_changed=False)
+    assert holder.current is not None and holder.current.clients == POLICY
+    path.write_bytes(_seal(form, kms, serial=7, clients=None))
+    with pytest.raises(OpenListRefused):
+        holder.reload(only_if_changed=False)
+    assert holder.current.serial == 6 and holder.current.clients == POLICY
+
+
+def test_a_service_that_requires_clients_refuses_the_fernet_format(tmp_path: Path) -> None:
+    kms = FakeDataKeys()
+    path = tmp_path / "envelope.json"
+    path.write_bytes(seal.seal_fernet(["Big Bird", "Cookie Monster"], kms, "k"))
+    holder = ListHolder(FileSource(str(path)), kms, Metrics(), require_clients=True)
+    with pytest.raises(OpenListRefused, match="fernet"):
+        holder.reload(only_if_changed=False)
+    assert holder.current is None
+
+
+@pytest.mark.parametrize(
+    ("text", "required"), [(None, False), ("no", False), ("0", False), ("yes", True),
+                           ("TRUE", True), ("1", True)],
+)  # fmt: skip
+def test_require_clients_is_a_yes_or_no_setting(text: str | None, required: bool) -> None:
+    environ = {"NOFLYLIST_ENVELOPE": "x.json", "NOFLYLIST_ATTESTATION": "unsafe-none"}
+    if text is not None:
+        environ["NOFLYLIST_REQUIRE_CLIENTS"] = text
+    assert build_serve_config({}, environ).require_clients is required
+    with pytest.raises(ConfigError, match="--require-clients"):
+        build_serve_config({"require_clients": "maybe"}, environ)
