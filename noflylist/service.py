@@ -114,9 +114,12 @@ class Service:
         self._stop = threading.Event()
         self._wake = threading.Event()
         log.info(
-            "noflylist: starting; attestation %s, match rule %s, region %s, credentials from %s",
+            "noflylist: starting; attestation %s, match rule %s, %s, region %s, credentials "
+            "from %s",
             config.attestation,
             config.match,
+            "lists sealed with a client policy only (--require-clients)"
+            if config.require_clients else "open lists served (sealed without clients)",
             self._region or "from IMDS at the first load",
             self._credentials.source,
         )
