@@ -95,6 +95,12 @@ def run_wrk(
 
 def _read_response(sock: socket.socket, pending: bytes) -> tuple[int, bool, bytes]:
     """Read one response; (status, server closes, bytes left over)."""
+    status, closes, rest, _ = read_response(sock, pending)
+    return status, closes, rest
+
+
+def read_response(sock: socket.socket, pending: bytes) -> tuple[int, bool, bytes, bytes]:
+    """Read one response; (status, server closes, bytes left over, the body)."""
     data = pending
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -117,7 +123,7 @@ def _read_response(sock: socket.socket, pending: bytes) -> tuple[int, bool, byte
         if not chunk:
             raise ConnectionError("closed before the whole body")
         rest += chunk
-    return status, closes, rest[length:]
+    return status, closes, rest[length:], rest[:length]
 
 
 def raw_request(url: str, *, keep_alive: bool, headers: dict[str, str] | None = None,
