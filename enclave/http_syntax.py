@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from types import MappingProxyType
 
-__all__ = ["DEFAULT_PORTS", "TCHAR", "TOKEN", "TOKEN_BYTES", "VISIBLE_ASCII"]
+__all__ = ["DEFAULT_PORTS", "FIELD_CONTROL", "TCHAR", "TOKEN", "TOKEN_BYTES", "VISIBLE_ASCII"]
 
 #: RFC 9110 §5.6.2 ``tchar``: the characters of a token (method and field names), as a regular
 #: expression character class, for patterns that need it with another repeat.
@@ -24,5 +24,8 @@ TOKEN_BYTES = re.compile(TCHAR.encode("ascii") + b"+")
 #: RFC 5234 ``1*VCHAR``: visible ASCII, no space, tab, CR, LF or NUL. What a key, secret or
 #: token may hold to be sent in a header without quoting or splitting it.
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+#: RFC 9110 §5.5: the characters a field value may not hold (controls but HTAB, and DEL), as a
+#: character class: the request framer checks bytes with it, the signature verifier text.
+FIELD_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
 #: RFC 9110 §4.2.1 and §4.2.2: the port a URL of each scheme we speak means when it names none.
 DEFAULT_PORTS = MappingProxyType({"http": 80, "https": 443})

@@ -52,7 +52,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from enclave.errors import NoflylistError
-from enclave.http_syntax import TCHAR, TOKEN, VISIBLE_ASCII
+from enclave.http_syntax import FIELD_CONTROL, TCHAR, TOKEN, VISIBLE_ASCII
 
 __all__ = [
     "ACCEPT_SIGNATURE",
@@ -122,7 +122,7 @@ _BYTES = re.compile(r":([A-Za-z0-9+/]*={0,2}):")
 _BOOLEAN = re.compile(r"\?[01]")
 _SF_STRING_TEXT = re.compile(r"[\x20-\x7e]+")
 #: What a covered field value may not hold (HTAB is allowed inside, RFC 9110 section 5.5).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(FIELD_CONTROL)
 
 
 class SignatureRefused(NoflylistError):

@@ -409,7 +409,6 @@ class Routes:
         if facts is not None:
             facts.question = name.encode("utf-8")
             facts.verdicts = (_verdict_line(verdict),)
-            _served(facts, current)
         if isinstance(verdict, Refused):
             raise RequestRejected(400, verdict.reason)
         if isinstance(verdict, Unavailable):
@@ -428,8 +427,6 @@ class Routes:
         self._charge(client, len(names))  # every name, before any is looked up
         table = current.table if current is not None else None
         verdicts = [decide(table, name, f"names[{index}]") for index, name in enumerate(names)]
-        if facts is not None:
-            _served(facts, current)
         for verdict in verdicts:  # every name is admitted before "no list" is said
             if isinstance(verdict, Refused):
                 if facts is not None:
@@ -445,7 +442,6 @@ class Routes:
                    for name, verdict in zip(names, verdicts, strict=True)]  # fmt: skip
         body = json.dumps({"results": results, "serial": current.serial}, ensure_ascii=False)
         return RouteResponse(200, JSON, body.encode("utf-8"))
-
 
     # Who may ask, and how much.
 

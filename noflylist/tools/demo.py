@@ -22,7 +22,6 @@ shows the flow, the policy and the answers; it says so in a banner.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -33,24 +32,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
 
 from enclave.errors import NoflylistError
 from enclave.kms import KMSClient
 from enclave.modes import AttestationMode
 from enclave.sigv4 import Credentials
 from noflylist.cli import Handler, setup_logging
-from noflylist.client.client import Client, ClientError, Unavailable
+from noflylist.client.client import Client, ClientError, Unavailable, load_client_key
 from noflylist.config import ServeConfig
 from noflylist.matchkey import DEFAULT_RULE
 from noflylist.tools import seal
+from noflylist.tools.client_key import new_client_key
 from noflylist.tools.policy import key_policy
 
 if TYPE_CHECKING:
@@ -197,27 +189,15 @@ def _demo_key(local_kms: LocalKMS, state: Path, pcr0: bytes) -> str:
 
 
 def _demo_client_key(state: Path) -> Path:
-    """The demo client's Ed25519 key (made once, PEM PKCS#8, mode 0600) and, beside it, its
-    entry for a client policy (what a client hands the list's owner): ``DEMO_CLIENT.key`` and
-    ``DEMO_CLIENT.public.json``, the files ``noflylist client-key new`` writes."""
+    """The demo client's key file, made once with its entry for a client policy (what a client
+    hands the list's owner) by :func:`noflylist.tools.client_key.new_client_key`, as
+    ``noflylist client-key new`` makes them; read back at each later start."""
     state.mkdir(parents=True, exist_ok=True)
     path = state / f"{DEMO_CLIENT}.key"
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = load_pem_private_key(path.read_bytes(), None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise NoflylistError(
-                f"{path} is not an Ed25519 private key: delete it and the demo makes a new one"
-            ) from None
+    if path.exists():
+        load_client_key(path)  # an Ed25519 key, readable only by its owner, or refused
     else:
-        key = Ed25519PrivateKey.generate()
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    entry = {"id": DEMO_CLIENT, "public_key": base64.b64encode(raw).decode("ascii"),
-             **_DEMO_CLIENT_BUDGETS}  # fmt: skip
-    (state / f"{DEMO_CLIENT}.public.json").write_text(json.dumps(entry, indent=2) + "\n")
+        new_client_key(DEMO_CLIENT, state, **_DEMO_CLIENT_BUDGETS)
     return path
 
 

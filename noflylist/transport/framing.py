@@ -41,7 +41,7 @@ _TOKEN_PREFIX = re.compile(http_syntax.TCHAR.encode("ascii") + b"*")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
-_BAD_FIELD_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_FIELD_BYTE = re.compile(http_syntax.FIELD_CONTROL.encode("ascii"))
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 #: A CR followed by anything but LF (a CR that is the last byte so far cannot be judged yet).
 _BARE_CR = re.compile(rb"\r[^\n]")
